@@ -1,0 +1,105 @@
+"""Shared helpers of the benchmark scripts: device-aware timing, a plain-text table, provenance.
+
+Timing follows airbench: on CUDA a pair of ``torch.cuda.Event``s around the work plus a synchronize
+before reading them; on CPU ``time.perf_counter``. Warm-up calls are run and discarded by the callers.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from fairard.utils import provenance
+
+
+def available_devices(requested) -> list[torch.device]:
+    """Requested device names that exist here ("cuda" is skipped, with a note, when absent)."""
+    out = []
+    for name in requested:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            print(f"note: {name} requested but torch.cuda.is_available() is False; skipped")
+            continue
+        out.append(dev)
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device: torch.device) -> float:
+    """Seconds one ``fn()`` takes on ``device`` (CUDA: events, synchronised; CPU: wall clock)."""
+    if device.type == "cuda":
+        sync(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def summary(seconds: list[float]) -> dict:
+    """Median (the reported figure), min and max of the timed repeats."""
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
+            "repeats": len(seconds), "all_s": seconds}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+
+
+def environment(devices) -> dict:
+    """Where the numbers came from: fairard provenance plus CPU model/flags, CUDA device names, date."""
+    env = provenance("cpu")
+    env.update(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        cpu_model=cpu_model(), cpu_flags=cpu_flags(), cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        cuda=[torch.cuda.get_device_name(d) for d in devices if d.type == "cuda"],
+    )
+    return env
+
+
+def print_environment(env: dict) -> None:
+    v = env["versions"]
+    print(f"# {env['date']}  torch {v['torch']}  torchvision {v['torchvision']}  python {env['python']}  "
+          f"commit {env['git_commit']}")
+    print(f"# CPU: {env['cpu_model']} ({env['cpu_count']} cores, torch threads {env['torch_threads']}, "
+          f"flags {' '.join(env['cpu_flags']) or '-'})" + (f"  CUDA: {', '.join(env['cuda'])}" if env["cuda"] else ""))
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Columns are (key, header, format spec); a missing value prints as '-'."""
+    cells = [[h for _, h, _ in columns]]
+    for r in rows:
+        cells.append(["-" if r.get(k) is None else format(r[k], fmt) for k, _, fmt in columns])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

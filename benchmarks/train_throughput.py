@@ -1,0 +1,315 @@
+"""Training throughput (images/s) of Fair-ARD and Fair-RSLAD: fairard's Trainer against an
+official-style baseline, side by side in one run.
+
+Ours: ``fairard.train.Trainer`` (device-resident ``DeviceLoader`` with batched crop/flip, one PGD
+call that also counts kappa, vectorised per-sample loss times class weights, bf16 autocast +
+channels_last when ``amp=auto`` picks it). One warm-up epoch, then ``Trainer.train_epoch(epoch)`` is
+timed (``--repeats`` epochs, median).
+
+Baseline (``Baseline`` below, written for this benchmark after the structure of the official
+Fair-ARD / Fair-RSLAD scripts, not copied from them):
+
+* a torchvision-style Dataset of PIL images with per-sample CPU transforms
+  (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor) behind a torch DataLoader
+  (shuffle, ``--workers`` processes, not persistent: worker start-up is part of every epoch);
+* fp32, NCHW;
+* an attack class looping over PGD steps whose kappa is counted with a per-sample Python loop
+  (``for i in range(B): if pred[i] == y[i]: kappa[i] += 1``) on the forward of each step;
+* the teacher's forward on clean x (under no_grad); Fair-ARD attacks with the student's CE in
+  train mode (uniform start), Fair-RSLAD with KL to the teacher's softmax in eval mode
+  (x + 0.001 N(0, I) start);
+* each sample's loss multiplied by its class weight in a Python loop over the batch, divided by B;
+* per-class kappa summed per epoch and turned into the next epoch's class weights.
+
+Being charitable to the baseline, it reuses the step's forward for kappa (no extra forward) and
+runs the teacher under no_grad. It is timed over the same number of images as our epoch, after
+``--baseline-warmup`` discarded batches. Both use the same models (fairard's nets), the same
+teacher weights (random: throughput does not depend on them; saved to a temporary file because
+Trainer loads a teacher by path), the same class-balanced subset, batch size and SGD settings.
+Threads are left at torch's default for both.
+
+    FAIRARD_DATA=/work/shared/data .venv/bin/python benchmarks/train_throughput.py --quick
+    FAIRARD_DATA=... .venv/bin/python benchmarks/train_throughput.py --device cuda   # full CIFAR-10 epoch
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import Image
+
+from _common import environment, format_table, print_environment, sync, time_call
+from fairard import data as D
+from fairard.models import build_model
+from fairard.train import Trainer, TrainConfig
+from fairard.utils import resolve_device, write_json
+
+FULL_EPOCH = 50_000  # CIFAR-10 training images; "s/epoch" extrapolates to this
+EPS, STEP, STEPS = 8 / 255, 2 / 255, 10
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", type=_csv, default=["fair-ard", "fair-rslad"], help="default: %(default)s")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--student", default=None, help="default: resnet20 on CPU, resnet18 on CUDA")
+    p.add_argument("--teacher", default=None, help="default: resnet56 on CPU, wrn-34-10 on CUDA")
+    p.add_argument("--n-per-class", type=int, default=None,
+                   help="class-balanced training subset per class (default: 100 on CPU, all on CUDA; --quick: 52 / 200)")
+    p.add_argument("--batch-size", type=int, default=128, help="default: %(default)s (official)")
+    p.add_argument("--amp", type=_csv, default=None,
+                   help="fairard amp modes to time, among auto, bf16, off (default: auto,off; --quick: auto)")
+    p.add_argument("--repeats", type=int, default=1, help="timed epochs per implementation, median (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="baseline DataLoader workers (default: min(4, CPU cores))")
+    p.add_argument("--baseline-warmup", type=int, default=2, help="discarded baseline batches (default %(default)s)")
+    p.add_argument("--no-baseline", action="store_true", help="time fairard only")
+    p.add_argument("--data-root", default=None, help="default: $FAIRARD_DATA")
+    p.add_argument("--quick", action="store_true", help="a small subset: a few minutes on a 2-core CPU")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="set torch.backends.cudnn.benchmark=True for both (fairard itself leaves it off)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file (atomically)")
+    args = p.parse_args(argv)
+    args.device = str(resolve_device(args.device))
+    cuda = args.device.startswith("cuda")
+    args.student = args.student or ("resnet18" if cuda else "resnet20")
+    args.teacher = args.teacher or ("wrn-34-10" if cuda else "resnet56")
+    if args.n_per_class is None:
+        args.n_per_class = (200 if cuda else 52) if args.quick else (None if cuda else 100)
+    if args.amp is None:
+        args.amp = ["auto"] if args.quick else ["auto", "off"]
+    if args.workers is None:
+        args.workers = min(4, os.cpu_count() or 1)
+    for m in args.methods:
+        if m not in ("fair-ard", "fair-rslad"):
+            p.error(f"unknown method {m!r}; this benchmark has baselines for fair-ard and fair-rslad")
+    return args
+
+# ----------------------------------------------------------------------------- the baseline
+
+
+class PILCifar(torch.utils.data.Dataset):
+    """torchvision.datasets.CIFAR10's shape: uint8 HWC arrays, a PIL image per item, a per-sample transform."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+class LoopPGD:
+    """An attack object looping over PGD steps, counting kappa per sample in a Python loop."""
+
+    def __init__(self, model, loss: str, random_start: str, eps=EPS, step_size=STEP, steps=STEPS):
+        self.model, self.loss, self.random_start = model, loss, random_start
+        self.eps, self.step_size, self.steps = eps, step_size, steps
+
+    def __call__(self, x, y, target_probs=None):
+        kappa = torch.zeros(len(x))
+        if self.random_start == "uniform":
+            x_adv = x.detach() + torch.empty_like(x).uniform_(-self.eps, self.eps)
+        else:
+            x_adv = x.detach() + 0.001 * torch.randn_like(x)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+        for _ in range(self.steps):
+            x_adv.requires_grad_()
+            with torch.enable_grad():
+                output = self.model(x_adv)
+                predict = output.max(1)[1]
+                for i in range(len(x_adv)):
+                    if predict[i] == y[i]:
+                        kappa[i] += 1
+                if self.loss == "ce":
+                    loss = F.cross_entropy(output, y, reduction="sum")
+                else:
+                    loss = F.kl_div(F.log_softmax(output, dim=1), target_probs, reduction="sum")
+            grad = torch.autograd.grad(loss, [x_adv])[0]
+            x_adv = x_adv.detach() + self.step_size * torch.sign(grad.detach())
+            x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps)
+            x_adv = torch.clamp(x_adv, 0.0, 1.0)
+        return x_adv.detach(), kappa
+
+
+class Baseline:
+    """Official-script-style Fair-ARD / Fair-RSLAD training loop (see the module docstring)."""
+
+    def __init__(self, method: str, student, teacher, images, labels, *, batch_size: int, workers: int,
+                 device: torch.device, num_classes: int = 10, beta: float = 2.0, tau: float = 30.0):
+        self.method, self.student, self.teacher, self.device = method, student, teacher, device
+        self.num_classes, self.beta, self.tau = num_classes, beta, tau
+        transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
+        self.loader = torch.utils.data.DataLoader(
+            PILCifar(images, labels, transform), batch_size=batch_size, shuffle=True, num_workers=workers,
+            drop_last=True, pin_memory=device.type == "cuda")
+        self.optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4, nesterov=True)
+        ard = method == "fair-ard"
+        self.attack = LoopPGD(student, loss="ce" if ard else "kl", random_start="uniform" if ard else "normal")
+        self.class_weight = torch.ones(num_classes, device=device)
+        self.batches_per_epoch = len(self.loader)
+
+    def per_sample_loss(self, x, y, x_adv, teacher_logits):
+        if self.method == "fair-ard":
+            t = self.tau  # alpha = 1: tau^2 * KL(sigma_t(T(x)) || sigma_t(S(x'))) / C per sample
+            log_q = F.log_softmax(self.student(x_adv) / t, dim=1)
+            p = F.softmax(teacher_logits / t, dim=1)
+            return t * t * F.kl_div(log_q, p, reduction="none").sum(1) / self.num_classes
+        p = F.softmax(teacher_logits, dim=1)  # RSLAD: 5/6 KL(T(x)||S(x')) + 1/6 KL(T(x)||S(x)), /C, log(p+1e-5)
+        kl_adv = (p * (torch.log(p + 1e-5) - F.log_softmax(self.student(x_adv), dim=1))).mean(1)
+        kl_nat = (p * (torch.log(p + 1e-5) - F.log_softmax(self.student(x), dim=1))).mean(1)
+        return 5 / 6 * kl_adv + 1 / 6 * kl_nat
+
+    def run(self, max_batches: int | None = None) -> int:
+        """One pass over the loader (or its first ``max_batches``); returns the images trained on."""
+        class_kappa = torch.zeros(self.num_classes)
+        class_count = torch.zeros(self.num_classes)
+        seen = 0
+        for step, (inputs, targets) in enumerate(self.loader):
+            if max_batches is not None and step >= max_batches:
+                break
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            with torch.no_grad():
+                teacher_logits = self.teacher(inputs)
+            if self.method == "fair-ard":
+                self.student.train()
+                x_adv, kappa = self.attack(inputs, targets)
+            else:
+                self.student.eval()
+                x_adv, kappa = self.attack(inputs, targets, F.softmax(teacher_logits, dim=1))
+            self.student.train()
+            per_sample = self.per_sample_loss(inputs, targets, x_adv, teacher_logits)
+            loss = 0
+            for i in range(len(targets)):
+                loss = loss + self.class_weight[targets[i]] * per_sample[i]
+            loss = loss / len(targets)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            cpu_targets = targets.cpu()
+            class_kappa.index_add_(0, cpu_targets, kappa)
+            class_count.index_add_(0, cpu_targets, torch.ones(len(targets)))
+            seen += len(targets)
+        if max_batches is None:  # the next epoch's weights, as Fair-ARD: C-normalised (1/kappa)^beta, clipped
+            mean_kappa = class_kappa / class_count.clamp(min=1)
+            raw = (1.0 / (mean_kappa + 1e-5)) ** self.beta
+            self.class_weight = (self.num_classes * raw / raw.sum()).clamp(5 / 6, 5 / 2).to(self.device)
+        sync(self.device)
+        return seen
+
+# ----------------------------------------------------------------------------- the two runs
+
+
+def _teacher_file(arch: str, folder: Path) -> Path:
+    torch.manual_seed(1)
+    path = folder / f"teacher_{arch}.pt"
+    torch.save(build_model(arch, 10).state_dict(), path)
+    return path
+
+
+def time_ours(args, method: str, amp: str, teacher_path: Path, folder: Path) -> dict:
+    cfg = TrainConfig(method=method, student=args.student, teacher=args.teacher, teacher_checkpoint=str(teacher_path),
+                      n_per_class=args.n_per_class, batch_size=args.batch_size, amp=amp, device=args.device,
+                      data_root=args.data_root, monitor_n=0, seed=0)
+    trainer = Trainer(cfg, folder / f"run_{method}_{amp}", progress=False)
+    device = trainer.device
+    images = trainer.train_loader.num_samples // args.batch_size * args.batch_size
+    trainer.train_epoch(0)  # warm-up: kernel selection, allocator, first-call costs
+    seconds = [time_call(lambda e=e: trainer.train_epoch(e), device) for e in range(1, 1 + args.repeats)]
+    label = f"fairard amp={amp}" + (f" ({'bf16' if trainer.amp else 'fp32'}"
+                                    f"{', channels_last' if trainer.channels_last else ''})")
+    return _row(method, label, images, seconds, trainer.batch_size)
+
+
+def time_baseline(args, method: str, teacher_path: Path) -> dict:
+    device = torch.device(args.device)
+    x, y = D.load_split("cifar10", "train", args.data_root)
+    if args.n_per_class:
+        idx = D.balanced_subset(y, args.n_per_class, seed=0)
+        x, y = x[idx], y[idx]
+    torch.manual_seed(0)
+    student = build_model(args.student, 10).to(device)
+    teacher = build_model(args.teacher, 10)
+    teacher.load_state_dict(torch.load(teacher_path, map_location="cpu", weights_only=True))
+    teacher = teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    base = Baseline(method, student, teacher, x, y, batch_size=args.batch_size, workers=args.workers, device=device)
+    if args.baseline_warmup:
+        base.run(max_batches=args.baseline_warmup)
+    seen = []
+    seconds = [time_call(lambda: seen.append(base.run()), device) for _ in range(args.repeats)]
+    return _row(method, f"baseline (fp32, DataLoader x{args.workers} workers, loops)", seen[0], seconds,
+                args.batch_size)
+
+
+def _row(method, implementation, images, seconds, batch) -> dict:
+    median = statistics.median(seconds)
+    return {"method": method, "implementation": implementation, "images": images, "batch": batch,
+            "seconds": seconds, "median_s": median, "img_per_s": images / median,
+            "s_per_50k_epoch": FULL_EPOCH * median / images}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    device = torch.device(args.device)
+    env = environment([device])
+    print_environment(env)
+    print(f"# student {args.student}, teacher {args.teacher} (random weights), batch {args.batch_size}, "
+          f"{'all' if args.n_per_class is None else args.n_per_class} images per class, device {device}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fairard_bench_") as tmp:
+        folder = Path(tmp)
+        teacher_path = _teacher_file(args.teacher, folder)
+        for method in args.methods:
+            for amp in args.amp:
+                rows.append(time_ours(args, method, amp, teacher_path, folder))
+                _progress(rows[-1])
+            if not args.no_baseline:
+                rows.append(time_baseline(args, method, teacher_path))
+                _progress(rows[-1])
+    print(f"\nTraining throughput, {device}, {args.student} student / {args.teacher} teacher, PGD-{STEPS} attack")
+    print(format_table(rows, [("method", "method", "s"), ("implementation", "implementation", "s"),
+                              ("images", "images", "d"), ("img_per_s", "img/s", ".2f"),
+                              ("median_s", "s timed", ".2f"), ("s_per_50k_epoch", "s / 50k epoch", ".1f")]))
+    ratios = []
+    for method in args.methods:
+        base = next((r for r in rows if r["method"] == method and r["implementation"].startswith("baseline")), None)
+        for r in rows:
+            if base is not None and r["method"] == method and r is not base:
+                ratios.append({"method": method, "implementation": r["implementation"],
+                               "speedup": r["img_per_s"] / base["img_per_s"]})
+    if ratios:
+        print("\nSpeed-up over the baseline (img/s ours / img/s baseline)")
+        print(format_table(ratios, [("method", "method", "s"), ("implementation", "implementation", "s"),
+                                    ("speedup", "speed-up", ".2f")]))
+    if args.json:
+        write_json(args.json, {"kind": "train_throughput", "args": vars(args), "environment": env,
+                               "results": rows, "speedups": ratios})
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _progress(row: dict) -> None:
+    print(f"  {row['method']:>10s}  {row['implementation']:<48s} {row['images']:6d} img  "
+          f"{row['img_per_s']:8.2f} img/s  ({', '.join(f'{s:.1f}' for s in row['seconds'])} s)", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

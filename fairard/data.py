@@ -1,0 +1,312 @@
+"""CIFAR-10/100 loading and an on-device batch loader.
+
+Loading (`load_split`) returns plain numpy arrays: x uint8 (N, 32, 32, 3) NHWC, y int64 (N,).
+It looks in this order and takes the first source that exists:
+
+1. a torchvision-format folder, ``<root>/cifar-10-batches-py`` (``cifar-100-python``), also one level
+   down as ``<root>/<dataset>/cifar-10-batches-py``;
+2. an npz pair ``<root>/<dataset>/{train,test}.npz`` with arrays ``x`` and ``y``;
+3. ``torchvision.datasets.CIFAR10/100(root, download=True)`` (skipped with ``download=False``).
+
+If nothing is found it raises one `DataNotFoundError` listing every place it looked.
+
+`DeviceLoader` follows airbench's loader: the whole split lives on the device as uint8, each batch is
+an index slice of an on-device permutation, and crop + flip run batched on the device. Unlike airbench
+it stays in [0, 1] (no normalisation, as in RobustBench; models normalise internally), works on CPU,
+and draws all randomness from a `torch.Generator` seeded by (seed, epoch), so a resumed run sees
+bit-identical batches without saving any RNG state.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "CLASS_NAMES", "NUM_CLASSES", "DataNotFoundError", "data_root", "load_split",
+    "balanced_subset", "split_validation", "DeviceLoader",
+]
+
+CLASS_NAMES: dict[str, list[str]] = {
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    # The 100 fine labels; torchvision (and the original `meta` file) order them alphabetically.
+    "cifar100": [
+        "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+        "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+        "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+        "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+        "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+        "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+        "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+        "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+        "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+        "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+    ],
+}
+NUM_CLASSES: dict[str, int] = {name: len(names) for name, names in CLASS_NAMES.items()}
+
+SPLITS = ("train", "test")
+IMAGE_SHAPE = (32, 32, 3)
+
+# torchvision-format layout per dataset: folder name, files per split, label key.
+_TV_FORMAT = {
+    "cifar10": ("cifar-10-batches-py",
+                {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}, "labels"),
+    "cifar100": ("cifar-100-python", {"train": ["train"], "test": ["test"]}, "fine_labels"),
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No source for a dataset split was found (and downloading was off or failed)."""
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data folder: `root` if given, else $FAIRARD_DATA, else ``data`` (relative to the working directory)."""
+    if root is None:
+        root = os.environ.get("FAIRARD_DATA") or "data"
+    return Path(root).expanduser()
+
+
+def _check_names(dataset: str, split: str) -> None:
+    if dataset not in CLASS_NAMES:
+        raise ValueError(f"unknown dataset {dataset!r}; valid names: {sorted(CLASS_NAMES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
+
+
+def load_split(dataset: str = "cifar10", split: str = "train", root=None,
+               download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Load one split as (x uint8 (N,32,32,3) NHWC, y int64 (N,)); see the module docstring for the sources."""
+    _check_names(dataset, split)
+    root = data_root(root)
+    folder_name, files, label_key = _TV_FORMAT[dataset]
+    looked = []
+
+    for folder in (root / folder_name, root / dataset / folder_name):
+        looked.append(f"{folder}/ (torchvision-format folder)")
+        if folder.is_dir():
+            x, y = _read_tv_folder(folder, files[split], label_key)
+            return _validate(x, y, dataset, str(folder))
+
+    npz = root / dataset / f"{split}.npz"
+    looked.append(f"{npz} (npz with arrays x, y)")
+    if npz.is_file():
+        with np.load(npz, allow_pickle=False) as f:
+            missing = {"x", "y"} - set(f.files)
+            if missing:
+                raise ValueError(f"{npz} lacks array(s) {sorted(missing)}; it must hold x (uint8 NHWC) and y (int labels)")
+            x, y = f["x"], f["y"]
+        return _validate(x, y, dataset, str(npz))
+
+    reason = "download=False"
+    if download:
+        try:
+            x, y = _download(dataset, split, root)
+            return _validate(x, y, dataset, f"torchvision download into {root}")
+        except (ImportError, OSError, RuntimeError) as e:  # offline: URLError is an OSError
+            reason = f"the torchvision download into {root} failed: {type(e).__name__}: {e}"
+    places = "\n".join(f"  - {p}" for p in looked)
+    raise DataNotFoundError(
+        f"{dataset} {split} split not found; looked in:\n{places}\nand {reason}.\n"
+        f"Fix: put the torchvision folder ({folder_name}/) or the npz pair ({dataset}/train.npz, {dataset}/test.npz) "
+        f"under a folder and point FAIRARD_DATA at it (or pass root=...), or allow download=True with internet access."
+    )
+
+
+class _DatasetUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds numpy arrays: the CIFAR batch files need nothing else,
+    so a tampered file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR batch file")
+        return super().find_class(module, name)
+
+
+def _read_tv_folder(folder: Path, names: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise DataNotFoundError(f"{folder} exists but lacks {name}; re-download it or delete the folder "
+                                    f"so another source is used")
+        with open(path, "rb") as fh:
+            batch = _DatasetUnpickler(fh, encoding="bytes").load()
+        # Original files were written by Python 2, so keys are bytes; accept str keys too.
+        get = lambda k: batch[k.encode()] if k.encode() in batch else batch[k]  # noqa: E731
+        try:
+            data, labels = np.asarray(get("data")), np.asarray(get(label_key))
+        except KeyError as e:
+            raise ValueError(f"{path} lacks key {e}; not a torchvision-format CIFAR file") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{path}: 'data' has shape {data.shape}, expected (N, 3072)")
+        # Rows are channel-planar (R plane, G plane, B plane of 32x32): CHW -> HWC.
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(labels)
+    return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
+
+
+def _download(dataset: str, split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[dataset]
+    ds = cls(str(root), train=(split == "train"), download=True)
+    return np.asarray(ds.data), np.asarray(ds.targets)
+
+
+def _validate(x, y, dataset: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"{source}: x has dtype {x.dtype} and shape {x.shape}; expected uint8 (N, 32, 32, 3) "
+                         f"NHWC pixels in 0..255 (convert with x.astype(np.uint8) / transpose to NHWC)")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{source}: y has dtype {y.dtype} and shape {y.shape}; expected 1-D integer labels")
+    if len(x) != len(y):
+        raise ValueError(f"{source}: {len(x)} images but {len(y)} labels")
+    if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES[dataset]):
+        raise ValueError(f"{source}: labels span {y.min()}..{y.max()}, outside 0..{NUM_CLASSES[dataset] - 1} for {dataset}")
+    return x, y.astype(np.int64)
+
+
+def _rank_within_class(y: np.ndarray, n: int, seed: int | None, what: str):
+    """Shuffle (seed) or keep order (seed=None), then give each sample its rank among its class."""
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"y must be 1-D integer labels, got dtype {y.dtype} shape {y.shape}")
+    counts = np.bincount(y, minlength=int(y.max()) + 1 if len(y) else 0)
+    short = np.flatnonzero(counts < n)
+    if len(short):
+        raise ValueError(f"{what}: asked for {n} per class but class(es) {short.tolist()} have only "
+                         f"{counts[short].tolist()} samples")
+    order = np.arange(len(y)) if seed is None else np.random.default_rng(seed).permutation(len(y))
+    order = order[np.argsort(y[order], kind="stable")]  # grouped by class, shuffled inside
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(y)) - starts[y[order]]
+    return order, rank
+
+
+def balanced_subset(y, n_per_class: int, seed: int | None = 0) -> np.ndarray:
+    """Sorted int64 indices of `n_per_class` samples of every class 0..max(y): drawn at random with `seed`
+    (deterministic), or the first ones in order with ``seed=None``. Raises if a class has fewer."""
+    order, rank = _rank_within_class(y, n_per_class, seed, "balanced_subset")
+    return np.sort(order[rank < n_per_class]).astype(np.int64)
+
+
+def split_validation(y, n_val_per_class: int, seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx), sorted int64 and disjoint; val holds `n_val_per_class` of every class."""
+    order, rank = _rank_within_class(y, n_val_per_class, seed, "split_validation")
+    is_val = rank < n_val_per_class
+    return np.sort(order[~is_val]).astype(np.int64), np.sort(order[is_val]).astype(np.int64)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # SeedSequence mixes (seed, epoch) so nearby pairs give unrelated streams (seed*K+epoch could collide).
+    words = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def _random_crop(x: torch.Tensor, padding: int, pad_mode: str, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample random HxW crop of the padded batch, as torchvision's RandomCrop(H, padding) on each image.
+    Pads once, then two gathers pick each sample's rows and columns: no loop over samples or offsets."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4, mode="constant" if pad_mode == "zeros" else "reflect")
+    dy, dx = torch.randint(0, 2 * padding + 1, (2, b, 1), generator=gen, device=x.device)
+    rows = dy + torch.arange(h, device=x.device)   # (B, H) source rows in the padded image
+    cols = dx + torch.arange(w, device=x.device)   # (B, W)
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def _random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=gen, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+class DeviceLoader:
+    """Batches of (x float32 (B,3,H,W) in [0,1], y int64 (B,), idx int64 (B,)) from a split resident on `device`.
+
+    `x` is uint8 NHWC (numpy or tensor), converted once to a uint8 NCHW tensor on the device. `idx` is the
+    row of each sample in the given `x`, for per-sample state. Training mode shuffles, drops the last
+    partial batch and augments (random crop with `padding`, zero or reflect padding, and horizontal flip).
+    Eval mode (train=False) yields the data unchanged and in order, keeping the last partial batch.
+
+    Randomness comes from a fresh `torch.Generator(device)` seeded by (seed, epoch) at each pass.
+    Each pass uses the current epoch and then advances it by one, so a plain loop gets a new
+    permutation every pass; `set_epoch(e)` pins the next pass to epoch e, which makes resume exact.
+    """
+
+    def __init__(self, x, y, *, batch_size: int = 128, train: bool = True, device="cpu", seed: int = 0,
+                 drop_last: bool | None = None, augment: bool | None = None, pad_mode: str = "zeros",
+                 channels_last: bool = False, padding: int = 4, num_classes: int | None = None):
+        if pad_mode not in ("zeros", "reflect"):
+            raise ValueError(f"pad_mode must be 'zeros' or 'reflect', got {pad_mode!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        x = torch.as_tensor(x)
+        y = torch.as_tensor(y)
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+            raise ValueError(f"x must be uint8 NHWC (N, H, W, C) with C in (1, 3), got {x.dtype} {tuple(x.shape)}")
+        if y.ndim != 1 or len(y) != len(x) or y.is_floating_point():
+            raise ValueError(f"y must be 1-D integer labels with one per image, got {y.dtype} {tuple(y.shape)} "
+                             f"for {len(x)} images")
+        self.device = torch.device(device)
+        # One host->device copy and layout change; everything per batch stays on the device.
+        self._images = x.to(self.device).permute(0, 3, 1, 2).contiguous()
+        self._labels = y.to(self.device, torch.int64)
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.drop_last = train if drop_last is None else drop_last
+        self.augment = train if augment is None else augment
+        self.pad_mode, self.padding, self.channels_last = pad_mode, padding, channels_last
+        self.num_samples = len(x)
+        self.num_classes = int(self._labels.max()) + 1 if num_classes is None else num_classes
+        self.class_counts = torch.bincount(self._labels, minlength=self.num_classes)
+        self.epoch = 0
+
+    # Read-only: swapping the data under a loader would silently desynchronise idx-keyed state.
+    @property
+    def images(self) -> torch.Tensor:
+        return self._images
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._labels
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return self._batches(epoch)
+
+    def _batches(self, epoch: int):
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(_epoch_seed(self.seed, epoch))
+        if self.train:
+            order = torch.randperm(self.num_samples, generator=gen, device=self.device)
+        else:
+            order = torch.arange(self.num_samples, device=self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self._images[idx].float().div_(255)
+            if self.augment:
+                x = _random_flip(_random_crop(x, self.padding, self.pad_mode, gen), gen)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self._labels[idx], idx

@@ -1,0 +1,473 @@
+"""One training loop for every teacher and student.
+
+Per batch: (1) the method's training attack on the student (``fairard.attacks.pgd``, which also
+returns Fair-ARD's geometric kappa for free), (2) the method's per-sample loss
+(``fairard.methods``), (3) optional class weights w_y (``fairard.fairness.FairWeighting``;
+``fair-<method>`` turns it on), mean over the batch (divided by B as in the official code),
+backward, step.  Statistics stay on the device; the host syncs once every ``SYNC_EVERY`` steps to
+stop a diverged run early.
+
+State that changes during training (model, optimiser, method buffers, class weights, FAWA average)
+is checkpointed atomically at the end of every epoch.  Everything random is drawn from generators
+seeded by ``(seed, epoch)``, and the learning rate is a pure function of the epoch, so a resumed run
+reaches the same weights as an uninterrupted one.
+
+Multi-process (torchrun): each rank takes its ``rank::world`` share of every global batch, gradients
+are averaged with one flat all-reduce after backward, per-class statistics are summed before the
+class weights are recomputed, and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import data as D
+from .attacks import as_radius, pgd, start_point
+from .fairness import ClassStats, FairWeighting
+from .methods import AttackConfig, Forward, get_method
+from .models import build_model, load_checkpoint
+from .utils import provenance, resolve_device, save_torch, write_json
+
+SYNC_EVERY = 50  # steps between host syncs for the divergence check
+LR_SCHEDULES = ("step", "official_single_decay")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became nan/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; ``None`` means the method's official default."""
+    method: str                                   # e.g. "ard", "fair-ard", "rslad", "trades"
+    student: str = "resnet18"                     # the model being trained (a teacher for teacher methods)
+    teacher: str | None = None                    # robust teacher arch (distillation methods)
+    teacher_checkpoint: str | None = None
+    nat_teacher: str | None = None                # MTARD's natural teacher
+    nat_teacher_checkpoint: str | None = None
+    dataset: str = "cifar10"
+    data_root: str | None = None
+    n_per_class: int | None = None                # class-balanced training subset (None: all)
+    val_per_class: int = 0                        # held-out validation split (CFA's FAWA needs one)
+    epochs: int | None = None
+    milestones: tuple | None = None               # lr x0.1 at these epochs
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    nesterov: bool | None = None                  # None: True for Fair-* (as the Fair-ARD scripts), else official
+    batch_size: int | None = None
+    lr_schedule: str = "step"                     # "official_single_decay": ARD/IAD scripts' quirk (decay once)
+    beta: float = 2.0                             # Fair-* weighting sharpness
+    clamp: tuple | None = (5 / 6, 5 / 2)
+    difficulty: str = "kappa"                     # kappa | robust_acc | adv_loss | clean_acc
+    attack_steps: int | None = None               # training attack steps (None: the method's, 10)
+    method_options: dict = field(default_factory=dict)
+    student_kwargs: dict = field(default_factory=dict)
+    teacher_kwargs: dict = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"                             # bf16 autocast for attack + training; evaluation stays fp32
+    channels_last: bool | None = None             # None: on when amp is on
+    pad_mode: str = "zeros"                       # crop padding: zeros (torchvision/official) or reflect
+    monitor_n: int = 500                          # held-out test images for the per-epoch clean/PGD monitor
+
+    def __post_init__(self):
+        self.milestones = tuple(self.milestones) if self.milestones is not None else None
+        self.clamp = tuple(self.clamp) if self.clamp is not None else None
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
+
+    @property
+    def base_method(self) -> str:
+        return self.method[5:] if self.fair else self.method
+
+    @property
+    def fair(self) -> bool:
+        return self.method.startswith("fair-")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Hash of everything that changes the result (the device and amp do not enter)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("device", "data_root")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def lr_at(epoch: int, base_lr: float, milestones, schedule: str = "step") -> float:
+    """Learning rate of an epoch: x0.1 at each milestone ('step'), or only ever once
+    ('official_single_decay', what the ARD/IAD/Fair-ARD/Fair-IAD scripts effectively do)."""
+    passed = sum(epoch >= m for m in milestones)
+    if schedule == "official_single_decay":
+        passed = min(passed, 1)
+    return base_lr * 0.1 ** passed
+
+
+def _seeded(seed: int, epoch: int, stream: int, device) -> torch.Generator:
+    s = int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(s)
+
+
+def default_amp(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _freeze(model):
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1); returns (rank, world).
+    gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    return _dist_info()
+
+
+def _dist_info():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_mean_(tensors) -> None:
+    """Average a list of tensors over ranks with one flat all-reduce."""
+    _, world = _dist_info()
+    if world == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+class Trainer:
+    """Builds the run from a TrainConfig and trains it; ``fit()`` resumes from ``out_dir`` if it can."""
+
+    def __init__(self, cfg: TrainConfig, out_dir, *, progress: bool = True):
+        self.cfg, self.out_dir, self.progress = cfg, Path(out_dir), progress
+        self.rank, self.world = _dist_info()
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.amp = default_amp(self.device) if cfg.amp == "auto" else cfg.amp == "bf16"
+        self.channels_last = self.amp if cfg.channels_last is None else cfg.channels_last
+        self.num_classes = D.NUM_CLASSES[cfg.dataset] if cfg.dataset in D.NUM_CLASSES else None
+        if self.num_classes is None:
+            raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(D.NUM_CLASSES)}")
+
+        self.method = get_method(cfg.base_method, num_classes=self.num_classes, **cfg.method_options)
+        od = self.method.optim
+        self.epochs = cfg.epochs if cfg.epochs is not None else od.epochs
+        self.milestones = cfg.milestones if cfg.milestones is not None else od.milestones
+        self.batch_size = cfg.batch_size or od.batch_size
+        self.base_lr = cfg.lr if cfg.lr is not None else od.lr
+        nesterov = cfg.nesterov if cfg.nesterov is not None else (cfg.fair or od.nesterov)
+
+        self.teacher = self._load_teacher(cfg.teacher, cfg.teacher_checkpoint, "teacher",
+                                          self.method.needs_teacher)
+        self.nat_teacher = self._load_teacher(cfg.nat_teacher, cfg.nat_teacher_checkpoint, "nat_teacher",
+                                              getattr(self.method, "needs_nat_teacher", False))
+        self._build_data()
+        torch.manual_seed(cfg.seed)
+        self.student = self._to_device(build_model(cfg.student, self.num_classes, **cfg.student_kwargs))
+        self.method.to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.student.parameters(), lr=self.base_lr,
+            momentum=cfg.momentum if cfg.momentum is not None else od.momentum,
+            weight_decay=cfg.weight_decay if cfg.weight_decay is not None else od.weight_decay,
+            nesterov=nesterov)
+        self.weighting = (FairWeighting(self.num_classes, beta=cfg.beta, clamp=cfg.clamp, measure=cfg.difficulty,
+                                        device=self.device) if cfg.fair else None)
+        self.fawa = None  # CFA's fairness-aware weight average (a state_dict), if the method asks for it
+        self.start_epoch = 0
+        self.history: list[dict] = []
+
+    # ---- construction -------------------------------------------------------------------------
+    def _build_data(self):
+        cfg = self.cfg
+        x, y = D.load_split(cfg.dataset, "train", cfg.data_root)
+        idx = np.arange(len(y))
+        if cfg.n_per_class:
+            idx = D.balanced_subset(y, cfg.n_per_class, seed=cfg.seed)
+        val_idx = None
+        if cfg.val_per_class:
+            tr, va = D.split_validation(y[idx], cfg.val_per_class, seed=cfg.seed)
+            idx, val_idx = idx[tr], idx[va]
+        self.train_loader = D.DeviceLoader(x[idx], y[idx], batch_size=self.batch_size, train=True,
+                                           device=self.device, seed=cfg.seed, pad_mode=cfg.pad_mode,
+                                           channels_last=self.channels_last, num_classes=self.num_classes)
+        self.val = None if val_idx is None else self._float_images(x[val_idx], y[val_idx])
+        self.monitor = None
+        if cfg.monitor_n:
+            xt, yt = D.load_split(cfg.dataset, "test", cfg.data_root)
+            per_class = max(1, min(cfg.monitor_n // self.num_classes, int(np.bincount(yt).min())))
+            m_idx = D.balanced_subset(yt, per_class, seed=cfg.seed)
+            self.monitor = self._float_images(xt[m_idx], yt[m_idx])
+
+    def _float_images(self, x, y):
+        x = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+        return x.contiguous(), torch.from_numpy(np.asarray(y)).long().to(self.device)
+
+    def _to_device(self, model):
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def _load_teacher(self, arch, path, role, needed):
+        if not needed:
+            return None
+        if arch is None or path is None:
+            raise ValueError(f"method {self.cfg.method!r} needs a {role}: pass --{role.replace('_', '-')} ARCH "
+                             f"and --{role.replace('_', '-')}-checkpoint PATH (train one with "
+                             f"`python -m fairard train-teacher`)")
+        kwargs = self.cfg.teacher_kwargs if role == "teacher" else {}
+        model = load_checkpoint(build_model(arch, self.num_classes, **kwargs), path, num_classes=self.num_classes)
+        return _freeze(self._to_device(model))
+
+    # ---- checkpointing ------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def state_dict(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch, "config": self.cfg.to_dict(), "config_key": self.cfg.key(),
+            "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "weighting": self.weighting.state_dict() if self.weighting else None,
+            "fawa": self.fawa, "history": json.dumps(self.history),
+            "teacher_ref": {"arch": self.cfg.teacher, "checkpoint": self.cfg.teacher_checkpoint},
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["config_key"] != self.cfg.key():
+            raise ValueError(f"{self.checkpoint_path} belongs to another configuration "
+                             f"({state['config_key']} != {self.cfg.key()}); use a new --out folder or the same options")
+        self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        if self.weighting is not None:
+            self.weighting.load_state_dict(state["weighting"])
+        self.fawa = state["fawa"]
+        self.history = json.loads(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        self.start_epoch = state["epoch"] + 1
+
+    def resume(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        self.load_state_dict(torch.load(self.checkpoint_path, map_location=self.device, weights_only=True))
+        return True
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _attack_spec(self):
+        """The method's training attack, or, for methods without one (KDIGA), the ARD-style probe
+        attack when the weighting needs kappa or robust accuracy; None if no attack is needed."""
+        spec = self.method.attack
+        if spec is None and self.weighting is not None and self.cfg.difficulty in ("kappa", "robust_acc"):
+            return AttackConfig(loss="ce", random_start="uniform", student_mode="train"), True
+        return spec, False
+
+    def _attack(self, f: Forward, x_start, eps, spec, probe: bool):
+        """Run the training attack from ``x_start``; returns (x_adv or None for a probe, kappa)."""
+        steps = self.cfg.attack_steps if self.cfg.attack_steps is not None else spec.steps
+        self.student.train(spec.student_mode == "train")
+        target = self.method.attack_target(f) if spec.loss == "kl" and not probe else None
+        x_adv, kappa = pgd(self.student, f.x, f.y, eps=eps, step_size=spec.step_size, steps=steps, loss=spec.loss,
+                           target_probs=target, return_kappa=True, x_start=x_start)
+        self.student.train()
+        return (None if probe else x_adv), kappa
+
+    def train_epoch(self, epoch: int, bar=None) -> dict:
+        lr = lr_at(epoch, self.base_lr, self.milestones, self.cfg.lr_schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        stats = ClassStats(self.num_classes, self.device)
+        weights_used = self.weighting.weights.clone() if self.weighting else None
+        self.train_loader.set_epoch(epoch)
+        attack_gen = _seeded(self.cfg.seed, epoch, 1, self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        self.student.train()
+        t0, seen, step = time.perf_counter(), 0, 0
+        spec, probe = self._attack_spec()
+        for x, y, _ in self.train_loader:
+            x_start = eps = None
+            if spec is not None:  # drawn for the global batch, then sharded: same stream on any world size
+                eps = spec.eps if probe else self.method.attack_eps(y, epoch)
+                x_start = start_point(x, as_radius(eps, x), spec.random_start, attack_gen)
+            if self.world > 1:
+                share = slice(self.rank, None, self.world)
+                x, y = x[share], y[share]
+                x_start = None if x_start is None else x_start[share]
+                eps = eps[share] if torch.is_tensor(eps) else eps
+            with self._autocast():
+                f = Forward(self.student, x, y, teacher=self.teacher, nat_teacher=self.nat_teacher, epoch=epoch,
+                            num_classes=self.num_classes)
+                kappa = None
+                if spec is not None:
+                    f.x_adv, kappa = self._attack(f, x_start, eps, spec, probe)
+                per_sample = self.method.per_sample_loss(f)
+                if self.weighting is not None:
+                    per_sample = per_sample * self.weighting.sample_weights(y)
+                loss = per_sample.mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _all_reduce_mean_([p.grad for p in self.student.parameters() if p.grad is not None])
+            self.optimizer.step()
+            self._record(stats, f, y, kappa, per_sample)
+            loss_sum += loss.detach().float()
+            step += 1
+            seen += len(y) * self.world
+            if bar is not None:
+                bar.update(len(y) * self.world)
+            if step % SYNC_EVERY == 0 and not torch.isfinite(loss_sum):
+                self._diverged(epoch)
+        if not torch.isfinite(loss_sum):
+            self._diverged(epoch)
+        seconds = time.perf_counter() - t0
+        stats.all_reduce()
+        if lr_at(epoch + 1, self.base_lr, self.milestones, self.cfg.lr_schedule) < lr:
+            self.method.on_lr_decay()  # before end_epoch, as the ABSLD script lowers r before its update
+        self.method.end_epoch(epoch, stats)
+        next_weights = self.weighting.end_epoch(stats) if self.weighting else None
+        _all_reduce_mean_([b for b in self.student.buffers() if b.is_floating_point()])  # BN running stats
+        return {
+            "epoch": epoch, "lr": lr, "loss": float(loss_sum) / max(step, 1), "seconds": seconds,
+            "images_per_s": seen / seconds, "class_weights": None if weights_used is None else weights_used.tolist(),
+            "next_class_weights": None if next_weights is None else next_weights.tolist(),
+            "class_stats": stats.as_dict(),
+        }
+
+    @torch.no_grad()
+    def _record(self, stats: ClassStats, f: Forward, y, kappa, per_sample):
+        cached = vars(f)  # Forward caches each computed forward as an instance attribute
+        s_adv, s_clean = cached.get("s_adv"), cached.get("s_clean")
+        stats.update(y, kappa=kappa,
+                     robust_correct=None if s_adv is None else (s_adv.argmax(1) == y).float(),
+                     adv_loss=per_sample.detach().float(),
+                     clean_correct=None if s_clean is None else (s_clean.argmax(1) == y).float())
+
+    def _diverged(self, epoch):
+        kept = f"; the last good checkpoint ({self.checkpoint_path}) is kept" if self.checkpoint_path.exists() else ""
+        raise TrainingDiverged(f"loss became nan/inf in epoch {epoch} of {self.cfg.method}{kept}. "
+                               f"Try a lower --lr, --amp off, or check the teacher checkpoint.")
+
+    def monitor_epoch(self) -> dict:
+        """Clean and PGD-10 accuracy (fp32, eval mode) on a small held-out class-balanced test slice."""
+        if self.monitor is None:
+            return {}
+        from .evaluate import eval_mode
+        from .metrics import summarize
+        x, y = self.monitor
+        out = {}
+        with eval_mode(self.student):
+            g = _seeded(self.cfg.seed, 0, 2, self.device)
+            with torch.no_grad():
+                clean = self.student(x).argmax(1)
+            adv = self.student(pgd(self.student, x, y, steps=10, generator=g)).argmax(1)
+        names = D.CLASS_NAMES[self.cfg.dataset]
+        for name, pred in (("clean", clean), ("pgd10", adv)):
+            s = summarize(y, pred, names)
+            out[name] = {k: s[k] for k in ("accuracy", "worst_class_accuracy", "per_class")}
+        return out
+
+    def fit(self, resume: bool = True) -> torch.nn.Module:
+        from tqdm.auto import tqdm
+
+        if resume:
+            self.resume()
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.out_dir / "config.json", {"config": self.cfg.to_dict(), "key": self.cfg.key(),
+                                                      "provenance": provenance(self.device)})
+        for epoch in range(self.start_epoch, self.epochs):
+            bar = tqdm(total=self.train_loader.num_samples // self.batch_size * self.batch_size,
+                       desc=f"{self.cfg.method} {epoch + 1}/{self.epochs}", unit="img", unit_scale=True,
+                       disable=not self.progress or self.rank != 0, leave=False)
+            if self.weighting is not None:
+                bar.set_postfix_str("w=" + ",".join(f"{w:.2f}" for w in self.weighting.weights.tolist()))
+            record = self.train_epoch(epoch, bar)
+            bar.close()
+            self.method_after_epoch(epoch)
+            record["monitor"] = self.monitor_epoch()
+            self.history.append(record)
+            if self.rank == 0:
+                with open(self.out_dir / "log.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                save_torch(self.checkpoint_path, self.state_dict(epoch))
+        if self.rank == 0:
+            save_torch(self.out_dir / "final.pt", self.final_state_dict())
+        return self.student
+
+    # ---- CFA's fairness-aware weight averaging --------------------------------------------------
+    def method_after_epoch(self, epoch: int) -> None:
+        """FAWA (CFA): EMA of the weights, updated only in epochs whose validation worst-class
+        PGD-10 accuracy reaches the method's threshold."""
+        decay = getattr(self.method, "fawa_decay", None)
+        if decay is None or self.val is None:
+            return
+        from .evaluate import eval_mode
+        from .metrics import summarize
+        x, y = self.val
+        with eval_mode(self.student):
+            adv = self.student(pgd(self.student, x, y, steps=10, generator=_seeded(self.cfg.seed, epoch, 3, self.device)))
+        worst = summarize(y, adv.argmax(1), D.CLASS_NAMES[self.cfg.dataset])["worst_class_accuracy"]
+        if worst < self.method.fawa_threshold:
+            return
+        current = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+        if self.fawa is None:
+            self.fawa = current
+        else:
+            for k, v in current.items():
+                if v.is_floating_point():
+                    self.fawa[k].mul_(decay).add_(v, alpha=1 - decay)
+                else:
+                    self.fawa[k].copy_(v)
+
+    def final_state_dict(self) -> dict:
+        return self.fawa if self.fawa is not None else self.student.state_dict()
+
+
+def train(cfg: TrainConfig, out_dir, *, resume: bool = True, progress: bool = True):
+    """Train (or resume, or load if finished) the run of ``cfg`` in ``out_dir``; returns the model in eval mode."""
+    trainer = Trainer(cfg, out_dir, progress=progress)
+    final = Path(out_dir) / "final.pt"
+    if resume and final.exists() and trainer.resume() and trainer.start_epoch >= trainer.epochs:
+        trainer.student.load_state_dict(torch.load(final, map_location=trainer.device, weights_only=True))
+        return trainer.student.eval()
+    trainer.fit(resume=resume)
+    trainer.student.load_state_dict(trainer.final_state_dict())
+    return trainer.student.eval()

@@ -1,0 +1,66 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path | None:
+    """The in-house CIFAR-10 copy: $FAIRARD_DATA if it holds cifar10/, else ../shared/data."""
+    for cand in (os.environ.get("FAIRARD_DATA"), REPO.parent / "shared" / "data"):
+        if cand and (Path(cand) / "cifar10" / "train.npz").exists():
+            return Path(cand)
+    return None
+
+
+def make_blobs(n_per_class=40, num_classes=10, shape=(3, 8, 8), sep=0.02, noise=0.02, seed=0):
+    """Synthetic [0,1] images: a class-specific pattern plus noise, easily separable by a linear model."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.randn((num_classes, *shape), generator=g).sign() * sep
+    y = torch.arange(num_classes).repeat_interleave(n_per_class)
+    x = (0.5 + patterns[y] + noise * torch.randn((len(y), *shape), generator=g)).clamp(0, 1)
+    return x, y
+
+
+def train_briefly(model, x, y, steps=200, lr=0.01, seed=0):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_problem():
+    """A briefly trained linear classifier on separable synthetic 3x8x8 images (10 classes)."""
+    x, y = make_blobs()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 10))
+    train_briefly(model, x, y)
+    return model, x, y
+
+
+def write_synthetic_cifar(root: Path, n_train=24, n_test=8, seed=0) -> Path:
+    """A tiny learnable CIFAR-10 stand-in in the npz layout (<root>/cifar10/{train,test}.npz)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    patterns = rng.normal(0, 40, size=(10, 32, 32, 3))
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = np.repeat(np.arange(10), n)
+        x = np.clip(128 + patterns[y] + rng.normal(0, 30, size=(len(y), 32, 32, 3)), 0, 255).astype(np.uint8)
+        (root / "cifar10").mkdir(parents=True, exist_ok=True)
+        np.savez(root / "cifar10" / f"{split}.npz", x=x, y=y.astype(np.int64))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    return write_synthetic_cifar(tmp_path_factory.mktemp("synthetic-data"))
