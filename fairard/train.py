@@ -302,14 +302,14 @@ class Trainer:
         return spec, False
 
     def _attack(self, f: Forward, x_start, eps, spec, probe: bool):
-        """Run the training attack from ``x_start``; returns (x_adv or None for a probe, kappa)."""
+        """Run the training attack from ``x_start``; returns (x_adv, kappa)."""
         steps = self.cfg.attack_steps if self.cfg.attack_steps is not None else spec.steps
         self.student.train(spec.student_mode == "train")
         target = self.method.attack_target(f) if spec.loss == "kl" and not probe else None
         x_adv, kappa = pgd(self.student, f.x, f.y, eps=eps, step_size=spec.step_size, steps=steps, loss=spec.loss,
                            target_probs=target, return_kappa=True, x_start=x_start)
         self.student.train()
-        return (None if probe else x_adv), kappa
+        return x_adv, kappa
 
     def train_epoch(self, epoch: int, bar=None) -> dict:
         lr = lr_at(epoch, self.base_lr, self.milestones, self.cfg.lr_schedule)
@@ -337,17 +337,19 @@ class Trainer:
                 f = Forward(self.student, x, y, teacher=self.teacher, nat_teacher=self.nat_teacher, epoch=epoch,
                             num_classes=self.num_classes)
                 kappa = None
+                probe_x_adv = None
                 if spec is not None:
                     f.x_adv, kappa = self._attack(f, x_start, eps, spec, probe)
+                    if probe:
+                        f.x_adv, probe_x_adv = None, f.x_adv
                 per_sample = self.method.per_sample_loss(f)
-                if self.weighting is not None:
-                    per_sample = per_sample * self.weighting.sample_weights(y)
-                loss = per_sample.mean()
+                weighted = per_sample * self.weighting.sample_weights(y) if self.weighting is not None else per_sample
+                loss = weighted.mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             _all_reduce_mean_([p.grad for p in self.student.parameters() if p.grad is not None])
             self.optimizer.step()
-            self._record(stats, f, y, kappa, per_sample)
+            self._record(stats, f, y, kappa, per_sample, probe_x_adv)
             loss_sum += loss.detach().float()
             step += 1
             seen += len(y) * self.world
@@ -372,13 +374,28 @@ class Trainer:
         }
 
     @torch.no_grad()
-    def _record(self, stats: ClassStats, f: Forward, y, kappa, per_sample):
+    def _record(self, stats: ClassStats, f: Forward, y, kappa, per_sample, probe_x_adv=None):
+        """Per-sample statistics for the class weights, reusing the loss's forwards. A measure whose
+        forward the method did not need (clean accuracy for ARD, robust accuracy for KDIGA's probe)
+        gets one extra no-grad forward in eval mode, so BatchNorm statistics are not touched."""
         cached = vars(f)  # Forward caches each computed forward as an instance attribute
         s_adv, s_clean = cached.get("s_adv"), cached.get("s_clean")
+        measure = self.weighting.measure if self.weighting is not None else None
+        if measure == "clean_acc" and s_clean is None:
+            s_clean = self._eval_forward(f.x)
+        if measure == "robust_acc" and s_adv is None and probe_x_adv is not None:
+            s_adv = self._eval_forward(probe_x_adv)
         stats.update(y, kappa=kappa,
                      robust_correct=None if s_adv is None else (s_adv.argmax(1) == y).float(),
-                     adv_loss=per_sample.detach().float(),
+                     adv_loss=per_sample.detach().float(),  # the method's own loss, before class weights
                      clean_correct=None if s_clean is None else (s_clean.argmax(1) == y).float())
+
+    def _eval_forward(self, x):
+        self.student.eval()
+        with self._autocast():
+            logits = self.student(x)
+        self.student.train()
+        return logits
 
     def _diverged(self, epoch):
         kept = f"; the last good checkpoint ({self.checkpoint_path}) is kept" if self.checkpoint_path.exists() else ""

@@ -214,3 +214,17 @@ def test_trades_teacher_more_robust_than_natural(tmp_path):
         pred = predict_under_attack(model, x, y, "pgd20")
         robust[method] = summarize(y, pred, [str(k) for k in range(10)])["accuracy"]
     assert robust["trades"] > robust["natural"] + 0.03, robust
+
+
+@pytest.mark.parametrize("method,measure", [("fair-ard", "robust_acc"), ("fair-ard", "adv_loss"),
+                                            ("fair-ard", "clean_acc"), ("fair-kdiga", "robust_acc")])
+def test_every_difficulty_measure_yields_weights(synthetic_root, teacher_ckpt, tmp_path, method, measure):
+    trainer = Trainer(small_cfg(synthetic_root, teacher_ckpt, method=method, difficulty=measure, epochs=1,
+                                monitor_n=0), tmp_path, progress=False)
+    trainer.fit(resume=False)
+    record = trainer.history[0]
+    stat = {"robust_acc": "robust_correct", "adv_loss": "adv_loss", "clean_acc": "clean_correct"}[measure]
+    values = torch.tensor(record["class_stats"][stat], dtype=torch.float64)
+    easiness = 1 / values if measure == "adv_loss" else values
+    expected = class_weights(easiness, beta=2.0, clamp=(5 / 6, 5 / 2))
+    assert torch.allclose(torch.tensor(record["next_class_weights"], dtype=torch.float64), expected, atol=1e-5)
