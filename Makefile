@@ -25,3 +25,24 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) book/_build
+
+# ---- the book (book/build.py): vendor the browser scripts (npm), papermill every notebook for
+# PROFILE into book/executed/, then jupyter-book build -> book/_build/html/index.html.
+# PROFILE=quick (default, 2-core CPU) | smoke (CI, numbers mean nothing) | paper (GPU).
+# OVERRIDES='{"teacher_checkpoint": "/abs/model_cifar_wrn.pt"}' passes profile fields to every notebook.
+PROFILE ?= quick
+BOOK_ARGS = --profile $(PROFILE) $(if $(OVERRIDES),--overrides '$(OVERRIDES)')
+.PHONY: book book-strict book-browser book-test
+
+book: venv
+	$(PY) book/build.py $(BOOK_ARGS)
+
+book-strict: venv
+	$(PY) book/build.py $(BOOK_ARGS) --strict
+
+# Headless Chromium for tests/test_book.py (Debian package `chromium`).
+book-browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+book-test: venv book-browser
+	$(PY) -m pytest -q tests/test_book.py

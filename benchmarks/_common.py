@@ -103,3 +103,45 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+class OtherLoad:
+    """CPU time that *other* processes used while a benchmark ran (a contention check).
+
+    Busy jiffies of the whole machine (/proc/stat) minus this process's own CPU time and that of
+    its reaped children (DataLoader workers). On a 2-core machine another busy process easily
+    halves a figure, so the scripts print this next to their tables. Linux only; elsewhere None.
+    """
+
+    def __init__(self):
+        self._start = self._read()
+
+    @staticmethod
+    def _read():
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except (OSError, IndexError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+        t = os.times()
+        hz = os.sysconf("SC_CLK_TCK")
+        return ((user + nice + system + irq + softirq) / hz, steal / hz,
+                t.user + t.system + t.children_user + t.children_system, time.perf_counter())
+
+    def report(self) -> dict | None:
+        end = self._read()
+        if self._start is None or end is None:
+            return None
+        busy, steal, own, wall = (b - a for a, b in zip(self._start, end))
+        other = max(0.0, busy - own)
+        return {"wall_s": wall, "own_cpu_s": own, "other_cpu_s": other, "steal_s": steal,
+                "other_cores": other / wall if wall > 0 else 0.0,
+                "loadavg_1min_end": os.getloadavg()[0]}
+
+    def print_report(self) -> dict | None:
+        r = self.report()
+        if r is not None:
+            flag = "  WARNING: the machine was shared, figures are pessimistic" if r["other_cores"] > 0.1 else ""
+            print(f"\n# contention: other processes used {r['other_cpu_s']:.1f} CPU-s over {r['wall_s']:.0f} s wall "
+                  f"({r['other_cores']:.2f} cores on average), steal {r['steal_s']:.1f} s{flag}")
+        return r

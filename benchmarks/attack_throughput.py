@@ -9,8 +9,9 @@ the input is random [0,1] pixels (throughput does not depend on content). Modes:
   bf16-cl   torch.autocast(bfloat16) + channels_last (what fairard trains with)
 
 Per (model, device, mode): ``--warmup`` calls are discarded (oneDNN / cuDNN pick and cache their
-kernels on the first calls of a shape), then ``--repeats`` timed calls; img/s = batch / median
-seconds. CUDA is timed with events and a synchronize; CPU with perf_counter.
+kernels on the first calls of a shape), then ``--repeats`` timed calls, the modes of a model taken
+round-robin so that a shared machine's load hits them alike; img/s = batch / median seconds.
+CUDA is timed with events and a synchronize; CPU with perf_counter.
 
     .venv/bin/python benchmarks/attack_throughput.py --quick
     .venv/bin/python benchmarks/attack_throughput.py --models resnet20,resnet18 --devices cpu
@@ -23,7 +24,8 @@ import contextlib
 
 import torch
 
-from _common import available_devices, environment, format_table, print_environment, summary, time_call
+from _common import (OtherLoad, available_devices, environment, format_table, print_environment, summary,
+                     time_call)
 from fairard.attacks import pgd
 from fairard.models import build_model
 from fairard.utils import write_json
@@ -84,7 +86,8 @@ def plan(args, model: str, device: torch.device) -> tuple[int, int, int]:
             args.repeats or repeats)
 
 
-def bench_one(name: str, device: torch.device, mode: str, batch: int, warmup: int, repeats: int, steps: int) -> dict:
+def setup(name: str, device: torch.device, mode: str, batch: int, steps: int):
+    """A zero-argument PGD call for one (model, mode); models and inputs are built identically per mode."""
     bf16, channels_last = MODES[mode]
     torch.manual_seed(0)
     model = build_model(name).to(device).eval()
@@ -101,11 +104,26 @@ def bench_one(name: str, device: torch.device, mode: str, batch: int, warmup: in
         with precision:
             pgd(model, x, y, steps=steps, generator=g)
 
-    for _ in range(warmup):
-        time_call(attack, device)
-    stats = summary([time_call(attack, device) for _ in range(repeats)])
-    return {"model": name, "device": str(device), "mode": mode, "batch": batch, "steps": steps,
-            "warmup": warmup, **stats, "img_per_s": batch / stats["median_s"]}
+    return attack
+
+
+def bench_model(name: str, device: torch.device, modes, batch: int, warmup: int, repeats: int, steps: int) -> list[dict]:
+    """Warm every mode up, then time the modes round-robin (repeat r of every mode, then r + 1), so
+    that a load change on a shared machine hits all modes alike and the ratios stay fair."""
+    calls = {mode: setup(name, device, mode, batch, steps) for mode in modes}
+    for mode in modes:
+        for _ in range(warmup):
+            time_call(calls[mode], device)
+    seconds = {mode: [] for mode in modes}
+    for _ in range(repeats):
+        for mode in modes:
+            seconds[mode].append(time_call(calls[mode], device))
+    rows = []
+    for mode in modes:
+        stats = summary(seconds[mode])
+        rows.append({"model": name, "device": str(device), "mode": mode, "batch": batch, "steps": steps,
+                     "warmup": warmup, **stats, "img_per_s": batch / stats["median_s"]})
+    return rows
 
 
 def speedups(rows: list[dict]) -> list[dict]:
@@ -127,14 +145,14 @@ def main(argv=None) -> int:
     devices = available_devices(args.devices)
     env = environment(devices)
     print_environment(env)
+    load = OtherLoad()
     rows = []
     for device in devices:
         for name in args.models:
             batch, warmup, repeats = plan(args, name, device)
-            for mode in args.modes:
-                row = bench_one(name, device, mode, batch, warmup, repeats, args.steps)
+            for row in bench_model(name, device, args.modes, batch, warmup, repeats, args.steps):
                 rows.append(row)
-                print(f"  {name:>10s} {str(device):>6s} {mode:>8s} batch {batch:4d}: {row['img_per_s']:9.2f} img/s "
+                print(f"  {name:>10s} {str(device):>6s} {row['mode']:>8s} batch {batch:4d}: {row['img_per_s']:9.2f} img/s "
                       f"(median of {repeats}, min {row['min_s']:.3f}s max {row['max_s']:.3f}s)", flush=True)
     print(f"\nPGD-{args.steps} throughput (forward+backward per step, eval mode)")
     print(format_table(rows, [("model", "model", "s"), ("device", "device", "s"), ("mode", "mode", "s"),
@@ -145,9 +163,10 @@ def main(argv=None) -> int:
         print("\nSpeed-up over fp32 (same model, device, batch)")
         print(format_table(ratios, [("model", "model", "s"), ("device", "device", "s"), ("ratio", "ratio", "s"),
                                     ("speedup", "speed-up", ".2f")]))
+    contention = load.print_report()
     if args.json:
         write_json(args.json, {"kind": "attack_throughput", "args": vars(args), "environment": env,
-                               "results": rows, "speedups": ratios})
+                               "contention": contention, "results": rows, "speedups": ratios})
         print(f"\nwrote {args.json}")
     return 0
 

@@ -4,7 +4,8 @@ official-style baseline, side by side in one run.
 Ours: ``fairard.train.Trainer`` (device-resident ``DeviceLoader`` with batched crop/flip, one PGD
 call that also counts kappa, vectorised per-sample loss times class weights, bf16 autocast +
 channels_last when ``amp=auto`` picks it). One warm-up epoch, then ``Trainer.train_epoch(epoch)`` is
-timed (``--repeats`` epochs, median).
+timed (``--repeats`` epochs, median; the implementations' epochs alternate, so that a shared
+machine's load hits them alike).
 
 Baseline (``Baseline`` below, written for this benchmark after the structure of the official
 Fair-ARD / Fair-RSLAD scripts, not copied from them):
@@ -34,10 +35,13 @@ Threads are left at torch's default for both.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,7 +49,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 
-from _common import environment, format_table, print_environment, sync, time_call
+from _common import OtherLoad, environment, format_table, print_environment, sync, time_call
 from fairard import data as D
 from fairard.models import build_model
 from fairard.train import Trainer, TrainConfig
@@ -221,21 +225,30 @@ def _teacher_file(arch: str, folder: Path) -> Path:
     return path
 
 
-def time_ours(args, method: str, amp: str, teacher_path: Path, folder: Path) -> dict:
+@dataclass
+class Runner:
+    """One implementation of one method, ready to run: a warm-up and a timed epoch."""
+    method: str
+    label: str
+    images: int          # images per timed epoch
+    batch: int
+    warmup: Callable[[], object]
+    epoch: Callable[[], object]
+
+
+def ours(args, method: str, amp: str, teacher_path: Path, folder: Path) -> Runner:
     cfg = TrainConfig(method=method, student=args.student, teacher=args.teacher, teacher_checkpoint=str(teacher_path),
                       n_per_class=args.n_per_class, batch_size=args.batch_size, amp=amp, device=args.device,
                       data_root=args.data_root, monitor_n=0, seed=0)
     trainer = Trainer(cfg, folder / f"run_{method}_{amp}", progress=False)
-    device = trainer.device
-    images = trainer.train_loader.num_samples // args.batch_size * args.batch_size
-    trainer.train_epoch(0)  # warm-up: kernel selection, allocator, first-call costs
-    seconds = [time_call(lambda e=e: trainer.train_epoch(e), device) for e in range(1, 1 + args.repeats)]
-    label = f"fairard amp={amp}" + (f" ({'bf16' if trainer.amp else 'fp32'}"
-                                    f"{', channels_last' if trainer.channels_last else ''})")
-    return _row(method, label, images, seconds, trainer.batch_size)
+    epochs = itertools.count(1)
+    label = f"fairard amp={amp} ({'bf16' if trainer.amp else 'fp32'}{', channels_last' if trainer.channels_last else ''})"
+    return Runner(method, label, trainer.train_loader.num_samples // args.batch_size * args.batch_size,
+                  trainer.batch_size, warmup=lambda: trainer.train_epoch(0),  # a whole epoch: first calls, allocator
+                  epoch=lambda: trainer.train_epoch(next(epochs)))
 
 
-def time_baseline(args, method: str, teacher_path: Path) -> dict:
+def baseline(args, method: str, teacher_path: Path) -> Runner:
     device = torch.device(args.device)
     x, y = D.load_split("cifar10", "train", args.data_root)
     if args.n_per_class:
@@ -249,18 +262,26 @@ def time_baseline(args, method: str, teacher_path: Path) -> dict:
     for p in teacher.parameters():
         p.requires_grad_(False)
     base = Baseline(method, student, teacher, x, y, batch_size=args.batch_size, workers=args.workers, device=device)
-    if args.baseline_warmup:
-        base.run(max_batches=args.baseline_warmup)
-    seen = []
-    seconds = [time_call(lambda: seen.append(base.run()), device) for _ in range(args.repeats)]
-    return _row(method, f"baseline (fp32, DataLoader x{args.workers} workers, loops)", seen[0], seconds,
-                args.batch_size)
+    return Runner(method, f"baseline (fp32, DataLoader x{args.workers} workers, loops)",
+                  base.batches_per_epoch * args.batch_size, args.batch_size,
+                  warmup=lambda: base.run(max_batches=args.baseline_warmup), epoch=base.run)
 
 
-def _row(method, implementation, images, seconds, batch) -> dict:
+def measure(runners: list[Runner], device: torch.device, repeats: int) -> list[dict]:
+    """Warm every runner up, then time their epochs round-robin (repeat r of each, then r + 1), so a
+    load change on a shared machine hits all implementations alike and the ratios stay fair."""
+    warm = [time_call(r.warmup, device) for r in runners]
+    seconds = [[] for _ in runners]
+    for _ in range(repeats):
+        for i, r in enumerate(runners):
+            seconds[i].append(time_call(r.epoch, device))
+    return [_row(r.method, r.label, r.images, s, r.batch, w) for r, s, w in zip(runners, seconds, warm)]
+
+
+def _row(method, implementation, images, seconds, batch, warmup_s) -> dict:
     median = statistics.median(seconds)
     return {"method": method, "implementation": implementation, "images": images, "batch": batch,
-            "seconds": seconds, "median_s": median, "img_per_s": images / median,
+            "warmup_s": warmup_s, "seconds": seconds, "median_s": median, "img_per_s": images / median,
             "s_per_50k_epoch": FULL_EPOCH * median / images}
 
 
@@ -273,17 +294,18 @@ def main(argv=None) -> int:
     print_environment(env)
     print(f"# student {args.student}, teacher {args.teacher} (random weights), batch {args.batch_size}, "
           f"{'all' if args.n_per_class is None else args.n_per_class} images per class, device {device}")
+    load = OtherLoad()
     rows = []
     with tempfile.TemporaryDirectory(prefix="fairard_bench_") as tmp:
         folder = Path(tmp)
         teacher_path = _teacher_file(args.teacher, folder)
         for method in args.methods:
-            for amp in args.amp:
-                rows.append(time_ours(args, method, amp, teacher_path, folder))
-                _progress(rows[-1])
+            runners = [ours(args, method, amp, teacher_path, folder) for amp in args.amp]
             if not args.no_baseline:
-                rows.append(time_baseline(args, method, teacher_path))
-                _progress(rows[-1])
+                runners.append(baseline(args, method, teacher_path))
+            for row in measure(runners, device, args.repeats):
+                rows.append(row)
+                _progress(row)
     print(f"\nTraining throughput, {device}, {args.student} student / {args.teacher} teacher, PGD-{STEPS} attack")
     print(format_table(rows, [("method", "method", "s"), ("implementation", "implementation", "s"),
                               ("images", "images", "d"), ("img_per_s", "img/s", ".2f"),
@@ -299,16 +321,18 @@ def main(argv=None) -> int:
         print("\nSpeed-up over the baseline (img/s ours / img/s baseline)")
         print(format_table(ratios, [("method", "method", "s"), ("implementation", "implementation", "s"),
                                     ("speedup", "speed-up", ".2f")]))
+    contention = load.print_report()
     if args.json:
         write_json(args.json, {"kind": "train_throughput", "args": vars(args), "environment": env,
-                               "results": rows, "speedups": ratios})
+                               "contention": contention, "results": rows, "speedups": ratios})
         print(f"\nwrote {args.json}")
     return 0
 
 
 def _progress(row: dict) -> None:
     print(f"  {row['method']:>10s}  {row['implementation']:<48s} {row['images']:6d} img  "
-          f"{row['img_per_s']:8.2f} img/s  ({', '.join(f'{s:.1f}' for s in row['seconds'])} s)", flush=True)
+          f"{row['img_per_s']:8.2f} img/s  (timed {', '.join(f'{s:.1f}' for s in row['seconds'])} s, "
+          f"warm-up {row['warmup_s']:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":

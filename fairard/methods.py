@@ -115,9 +115,9 @@ def kl_div(target_logits: Tensor, student_logits: Tensor, *, tau: float | Tensor
     tau: target temperature, a float or a per-sample (B,) tensor (ABSLD's class temperatures).
     student_tau: student temperature; None means the same as ``tau`` (ARD/IAD/KDIGA).
     reduction: "sum" sums over classes; "mean" divides by C, which is what the official
-        codes' ``KLDivLoss()``/element-wise mean amounts to per sample.
+    codes' ``KLDivLoss()``/element-wise mean amounts to per sample.
     target_log_eps: > 0 uses log(p + eps) for the target as RSLAD/MTARD/ABSLD do (this
-        shifts the value, not the student gradient).
+    shifts the value, not the student gradient).
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean' (divide by C), got {reduction!r}")
@@ -482,8 +482,8 @@ class RSLAD(Method):
 class MTARD(Method):
     """MTARD (Zhao et al., ECCV 2022; papers.md 3.4, 1.6 Fair-MTARD).
 
-    kl_scale * [lambda_adv * KL(sigma(T_adv(x')) || sigma(S(x'))) / C
-                + lambda_nat * KL(sigma(T_nat(x)) || sigma(S(x))) / C],
+    ``kl_scale * [lambda_adv * KL(sigma(T_adv(x')) || sigma(S(x'))) / C
+    + lambda_nat * KL(sigma(T_nat(x)) || sigma(S(x))) / C]``,
     KL with log(p + 1e-5) and /C as RSLAD; ``kl_scale`` None = x10 on CIFAR-100 (MTARD's
     CIFAR-100 script). Attack: student CE, 0.001 N(0, I) start, eval mode.
 
@@ -637,15 +637,15 @@ class KDIGAARD(KDIGA):
 class ABSLD(Method):
     """ABSLD (Zhao et al., NeurIPS 2024; papers.md 5.2): RSLAD with class-wise teacher temperatures.
 
-    kl_scale * [5/6 * KL(sigma(T(x) / tau_adv[y]) || sigma(S(x'))) / C
-                + 1/6 * KL(sigma(T(x) / tau_nat[y]) || sigma(S(x))) / C],
+    ``kl_scale * [5/6 * KL(sigma(T(x) / tau_adv[y]) || sigma(S(x'))) / C
+    + 1/6 * KL(sigma(T(x) / tau_nat[y]) || sigma(S(x))) / C]``,
     student temperature 1, KL with log(p + 1e-5) and /C as RSLAD. ``kl_scale`` None = x10 on
     CIFAR-100, inherited from RSLAD (ABSLD's code has CIFAR-10 only). Attack: KL to
     sigma(T(x) / tau_adv[y]), 0.001 N(0, I) start, eval mode.
 
     During training the class sums of the student's CE on x' and on x accumulate in
     buffers; ``end_epoch`` applies, separately for adv and nat,
-    tau_k <- clip(tau_k - r * (L_k - mean L) / max_j |L_j - mean L|, tau_min, tau_max)
+    ``tau_k <- clip(tau_k - r * (L_k - mean L) / max_j |L_j - mean L|, tau_min, tau_max)``
     and resets the sums. r (0.1) is multiplied by 0.1 at each lr decay; the official
     script decays r *before* the temperature update of the milestone epoch.
 

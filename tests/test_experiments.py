@@ -1,0 +1,330 @@
+"""Profiles, parameter validation, the config-hashed result cache (atomic, resumable), the study plans and
+the summaries the notebooks print (compare_pair's verdict, tables, correlations)."""
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fairard import experiments as E
+from fairard import train as T
+from fairard.train import TrainConfig
+
+NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+# ---- profiles and validation -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(E.PROFILES))
+def test_profiles_are_printable_plain_data(name):
+    p = E.PROFILES[name]
+    text = json.dumps(p.to_dict())                      # plain data: JSON and back
+    back = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
+    assert E.Profile(**back) == p
+    described = p.describe()
+    assert all(f.name in described for f in dataclasses.fields(p))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.seeds = (7,)
+
+
+def test_get_profile_overrides_and_unknown_field():
+    p = E.get_profile("quick", student_epochs=7, seeds="0,1", students='["resnet14"]', n_per_class=None)
+    assert (p.student_epochs, p.seeds, p.students) == (7, (0, 1), ("resnet14",))
+    assert p.n_per_class == E.PROFILES["quick"].n_per_class          # None keeps the profile's value
+    assert E.PROFILES["quick"].student_epochs != 7                   # the registry is untouched
+    with pytest.raises(ValueError, match=r"unknown profile field\(s\) \['epochs'\]; valid: .*student_epochs"):
+        E.get_profile("quick", epochs=3)
+    with pytest.raises(ValueError, match="unknown profile 'huge'; valid: smoke, quick, paper"):
+        E.get_profile("huge")
+    with pytest.raises(ValueError, match="positive integer"):
+        E.get_profile("smoke", student_epochs="five")
+    with pytest.raises(ValueError, match="unknown student.*valid: .*resnet8"):
+        E.get_profile("smoke", students=["resnet9"])
+
+
+def test_validate_reads_papermill_strings_and_lists_valid_values():
+    s = E.validate("smoke", methods='["ard","fair-ard","iad"]', seeds="[0, 1, 2]", headline=["ard", "rslad"])
+    assert isinstance(s, E.Profile) and s.methods == ("ard", "fair-ard", "iad")
+    assert s.seeds == (0, 1, 2) and s.other_seeds == (0,)            # other methods: first seed only
+    assert s.headline_pairs == (("ard", "fair-ard"),)                 # rslad's pair was not asked for
+    assert E.validate("smoke", seeds=3, other_seeds="1,2").other_seeds == (1, 2)
+    assert E.validate("smoke", overrides='{"student_epochs": 4}').student_epochs == 4
+    for bad, message in [(dict(methods='["ard","foo"]'), r"unknown method\(s\) \['foo'\]; valid: .*fair-ard"),
+                         (dict(attacks="pgd,aa"), r"unknown attack\(s\) \['pgd'\]; valid: clean, fgsm, pgd20"),
+                         (dict(device="tpu"), "valid: auto, cpu"),
+                         (dict(seeds="a"), "not a non-negative integer"),
+                         (dict(headline=["fair-ard"]), "unknown headline"),
+                         (dict(attacks=["clean"], focus="pgd20"), "not among the evaluated attacks"),
+                         (dict(overrides={"foo": 1}), r"unknown profile field\(s\) \['foo'\]")]:
+        with pytest.raises(ValueError, match=message):
+            E.validate("smoke", **bad)
+
+
+def test_results_dir_is_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAIRARD_RESULTS", "rel/results")
+    assert E.results_dir() == tmp_path / "rel" / "results"
+    monkeypatch.delenv("FAIRARD_RESULTS")
+    assert E.results_dir().is_absolute() and E.results_dir().parts[-2:] == ("data", "results")
+
+
+# ---- config hash ---------------------------------------------------------------------------------------
+def _changed(name, value):
+    alternatives = {"lr_schedule": "official_single_decay", "amp": "off", "difficulty": "robust_acc",
+                    "pad_mode": "reflect", "method": "fair-ard"}
+    if name in alternatives:
+        return alternatives[name]
+    if value is None:
+        return (1, 2) if name == "milestones" else 0.5 if name in ("lr", "momentum", "weight_decay") else \
+            True if name in ("nesterov", "channels_last") else 3 if name in ("epochs", "batch_size", "n_per_class",
+                                                                               "attack_steps") else "x"
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, tuple):
+        return value + (7,)
+    if isinstance(value, dict):
+        return {**value, "extra": 1}
+    raise AssertionError(name)
+
+
+def test_config_hash_changes_with_every_field():
+    base = TrainConfig(method="ard", teacher="resnet8", teacher_checkpoint="t.pt")
+    for f in dataclasses.fields(TrainConfig):
+        changed = dataclasses.replace(base, **{f.name: _changed(f.name, getattr(base, f.name))})
+        if f.name in ("device", "data_root"):        # where it runs / where the data lies: same run
+            assert changed.key() == base.key(), f.name
+        else:
+            assert changed.key() != base.key(), f.name
+    settings = E._eval_settings(E.PROFILES["smoke"])
+    assert E.run_key(base, settings) != E.run_key(base, {**settings, "eval_per_class": 6})
+
+
+# ---- the result cache ------------------------------------------------------------------------------------
+@pytest.fixture
+def cache(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRARD_DATA", str(synthetic_root))
+    monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path / "results"))
+    profile = E.get_profile("smoke", eval_per_class=2, aa_per_class=None, attacks=["clean", "pgd20"])
+    cfg = TrainConfig(method="pgd_at", student="resnet8", n_per_class=4, epochs=2, milestones=(1,),
+                      attack_steps=1, batch_size=20, monitor_n=0, device="cpu", amp="off")
+    return profile, cfg
+
+
+def test_run_writes_result_atomically_and_second_run_comes_from_cache(cache, monkeypatch):
+    profile, cfg = cache
+    first = E.run(cfg, profile=profile, progress=False)
+    out = E.run_dir(cfg, E._eval_settings(profile))
+    assert not first["from_cache"] and (out / "result.json").exists()
+    assert not list(out.glob(".*.tmp"))
+    stored = json.loads((out / "result.json").read_text())
+    assert stored["key"] == E.run_key(cfg, E._eval_settings(profile)) and "from_cache" not in stored
+    assert set(stored["evaluation"]["attacks"]) == {"clean", "pgd20"}
+    assert stored["provenance"]["git_commit"] and stored["dataset_note"]
+
+    monkeypatch.setattr(E, "train", lambda *a, **k: pytest.fail("a cached run must not train"))
+    second = E.run(cfg, profile=profile, progress=False)
+    assert second["from_cache"] and second["evaluation"] == stored["evaluation"]
+
+
+def test_failed_result_write_leaves_nothing_finished(cache, monkeypatch):
+    profile, cfg = cache
+    real = E.write_json
+    monkeypatch.setattr(E, "write_json", lambda path, obj: real(path, {**obj, "unserialisable": object()}))
+    with pytest.raises(TypeError):
+        E.run(cfg, profile=profile, progress=False)
+    out = E.run_dir(cfg, E._eval_settings(profile))
+    assert (out / "final.pt").exists() and not (out / "result.json").exists() and not list(out.glob(".*.tmp"))
+    monkeypatch.setattr(E, "write_json", real)
+    monkeypatch.setattr(T.Trainer, "train_epoch", lambda *a, **k: pytest.fail("training had finished"))
+    again = E.run(cfg, profile=profile, progress=False)             # evaluated again, not retrained
+    assert not again["from_cache"] and (out / "result.json").exists()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_half_finished_run_is_resumed_not_read_as_finished(cache, monkeypatch):
+    profile, cfg = cache
+    real_epoch = T.Trainer.train_epoch
+
+    def dies_in_epoch_1(self, epoch, bar=None):
+        if epoch == 1:
+            raise _Interrupted
+        return real_epoch(self, epoch, bar)
+
+    monkeypatch.setattr(T.Trainer, "train_epoch", dies_in_epoch_1)
+    with pytest.raises(_Interrupted):
+        E.run(cfg, profile=profile, progress=False)
+    out = E.run_dir(cfg, E._eval_settings(profile))
+    assert (out / "checkpoint.pt").exists() and not (out / "result.json").exists()
+    assert E.load_result(out / "result.json") is None
+
+    epochs = []
+    monkeypatch.setattr(T.Trainer, "train_epoch", lambda self, epoch, bar=None: epochs.append(epoch)
+                        or real_epoch(self, epoch, bar))
+    result = E.run(cfg, profile=profile, progress=False)
+    assert epochs == [1] and not result["from_cache"]                # resumed at epoch 1, epoch 0 kept
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1]
+    assert E.run(cfg, profile=profile, progress=False)["from_cache"]
+
+
+# ---- schedules -----------------------------------------------------------------------------------------
+def test_scaled_schedule_for_ard_rslad_iad():
+    assert E._scaled_schedule("ard", None) == (None, {})
+    assert E._scaled_schedule("ard", 200) == (None, {})             # the official length: official milestones
+    assert E._scaled_schedule("ard", 20) == ((10, 15), {})
+    assert E._scaled_schedule("fair-ard", 20) == ((10, 15), {})
+    assert E._scaled_schedule("ard", 1) == ((), {})                 # milestones at 0 or at the end are dropped
+    assert E._scaled_schedule("rslad", 30) == ((22, 26, 28), {})    # 215, 260, 285 of 300
+    assert E._scaled_schedule("iad", 20) == ((10, 15), {"begin": 6})  # IAD's introspection from epoch 60 of 200
+    assert E._scaled_schedule("fair-iad", 5) == ((2, 4), {"begin": 2})
+    assert E._scaled_schedule("iad", 1)[1] == {"begin": 1}          # never before the second epoch
+
+
+# ---- summaries on hand-made results -----------------------------------------------------------------------
+def fake(method, seed, per_class, attack="pgd20", student="resnet8", teacher="resnet20"):
+    per_class = list(per_class)
+    mean = sum(per_class) / len(per_class)
+    std = math.sqrt(sum((v - mean) ** 2 for v in per_class) / len(per_class))
+    summary = {"per_class": per_class, "accuracy": mean, "mean_class_accuracy": mean,
+               "worst_class_accuracy": min(per_class), "worst_class": per_class.index(min(per_class)),
+               "nsd": std / mean if mean else float("nan")}
+    prov = {"git_commit": "abc123-dirty", "versions": {"torch": "2.x"}, "device": "cpu", "device_name": "cpu"}
+    return {"method": method, "student": student, "seed": seed, "key": f"{method}{seed}", "config": {"teacher": teacher},
+            "evaluation": {"class_names": NAMES[:len(per_class)], "attacks": {attack: summary}, "seconds": {attack: 1.0}},
+            "provenance": prov, "from_cache": True, "train_seconds": 1.0, "dataset_note": "x (a lossy JPEG-derived copy)"}
+
+
+def _worst(method, worsts):
+    return [fake(method, s, [w, 0.5, 0.6]) for s, w in enumerate(worsts)]
+
+
+def test_compare_pair_verdicts():
+    clear = E.compare_pair(_worst("ard", [0.10, 0.11, 0.09]) + _worst("fair-ard", [0.20, 0.22, 0.19]),
+                           "ard", "fair-ard", "pgd20")
+    assert clear["exceeds_spread"] and clear["seeds"] == [0, 1, 2]
+    assert clear["mean_diff"] == pytest.approx(0.1033, abs=1e-3)
+    assert "+10.3 points" in clear["verdict"] and "exceeds twice the seed-to-seed spread" in clear["verdict"]
+
+    noisy = E.compare_pair(_worst("ard", [0.10, 0.30, 0.20]) + _worst("fair-ard", [0.15, 0.25, 0.30]),
+                           "ard", "fair-ard", "pgd20")
+    assert not noisy["exceeds_spread"] and "not distinguishable from noise" in noisy["verdict"]
+
+    two = E.compare_pair(_worst("ard", [0.1, 0.1]) + _worst("fair-ard", [0.5, 0.5]), "ard", "fair-ard", "pgd20")
+    assert not two["exceeds_spread"] and "Fewer than 3 seeds" in two["verdict"]
+
+    with pytest.raises(ValueError, match="no seed has both"):
+        E.compare_pair(_worst("ard", [0.1]), "ard", "fair-ard", "pgd20")
+
+
+def test_headline_text_and_glue():
+    results = _worst("ard", [0.10, 0.30, 0.20]) + _worst("fair-ard", [0.15, 0.25, 0.30]) + _worst("rslad", [0.2])
+    comps = E.headline(results, E.HEADLINE_PAIRS, attacks=("pgd20", "aa"))
+    assert [(c["fair"], c["attack"]) for c in comps] == [("fair-ard", "pgd20")]   # no fair-rslad, no aa
+    text = E.headline_markdown(comps, E.PROFILES["quick"])
+    assert "not distinguishable from seed-to-seed noise" in text and "`paper` profile" in text
+    glue = E.headline_glue(comps)
+    assert glue["fair_ard_worst_pgd_diff"] == pytest.approx(3.3) and glue["fair_ard_worst_pgd_exceeds"] is False
+    assert glue["fair_ard_worst_pgd_n_seeds"] == 3
+    assert "Fewer than 3 seeds" in E.headline_markdown(E.headline(_worst("ard", [0.1]) + _worst("fair-ard", [0.2]),
+                                                                   E.HEADLINE_PAIRS), E.PROFILES["smoke"])
+
+
+def test_tables_show_std_only_for_several_seeds():
+    rows = E.summarize_runs(_worst("ard", [0.1, 0.3]) + _worst("cfa", [0.2]), ["pgd20"])
+    assert rows[0]["pgd20/worst_class_accuracy"] == pytest.approx((0.2, 0.1))
+    table = E.markdown_table(rows, ["pgd20"]).splitlines()
+    assert table[0].startswith("| method | student | seeds | pgd20 avg | pgd20 worst |")
+    assert "| 20.0 ± 10.0 |" in table[2] and "±" not in table[3]
+
+
+def test_correlations_and_inheritance_rows():
+    assert E.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert E.spearman([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)
+    assert E.spearman([1, 2, 2, 3], [3, 2, 2, 1]) == pytest.approx(-1.0)      # ties averaged
+    assert math.isnan(E.pearson([1, 1, 1], [1, 2, 3]))
+    teacher = fake("teacher (pgd_at)", 0, [0.4, 0.2, 0.6], student="resnet20")
+    students = [fake("ard", 0, [0.3, 0.05, 0.5]), fake("iad", 0, [0.3, 0.1, 0.5])]
+    rows = E.inheritance_rows(students, teacher, "pgd20")
+    assert [r["method"] for r in rows] == ["teacher (pgd_at)", "ard", "iad"]
+    assert rows[1]["worst_class"] == "automobile" and rows[1]["spearman"] == pytest.approx(1.0)
+    verdict = E.inheritance_verdict(rows, "pgd20")
+    assert "2 of 2 students are less fair" in verdict and "only partially" in verdict
+    assert "| ard | resnet8 | 0 |" in E.inheritance_markdown(rows)
+
+
+def test_main_results_plan_runs_headline_pairs_on_every_seed(monkeypatch, tmp_path):
+    monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path))
+    setup = E.validate("smoke", methods=["ard", "fair-ard", "cfa"], seeds=[0, 1, 2], headline=["ard"])
+    monkeypatch.setattr(E, "evaluate_teacher", lambda p, **k: fake("teacher", 0, [0.5, 0.5, 0.5]))
+    monkeypatch.setattr(E, "student_config", lambda p, m, student, seed, progress: TrainConfig(
+        method=m, student=student, seed=seed))
+    monkeypatch.setattr(E, "run", lambda cfg, profile, progress: fake(cfg.method, cfg.seed, [0.1, 0.2, 0.3]))
+    study = E.main_results(setup, progress=False)
+    assert sorted((r["method"], r["seed"]) for r in study.results) == [
+        ("ard", 0), ("ard", 1), ("ard", 2), ("cfa", 0), ("fair-ard", 0), ("fair-ard", 1), ("fair-ard", 2)]
+    assert study.computed == [] and "everything came from the cache" in study.summary()
+    caption = study.caption("pgd20")
+    assert caption.startswith("pgd20 · profile smoke · lossy JPEG-derived CIFAR-10 copy · seeds 0,1,2 · commit abc123")
+
+
+def test_figures_draw_on_degenerate_results():
+    """Figures must draw whatever the numbers: all-zero accuracies (NSD nan), one seed, one class robust."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fairard import plots
+
+    teacher = fake("teacher (pgd_at)", 0, [0.4, 0.0, 0.0], student="resnet8")
+    results = [fake(m, s, [0.0, 0.0, 0.0] if m == "ard" else [0.2, 0.0, 0.1], student=st, teacher="resnet8")
+               for m in ("ard", "fair-ard") for s in (0, 1) for st in ("resnet8", "resnet14")]
+    for r in results:
+        r["class_weights_history"], r["kappa_history"] = [[1.0, 1.0, 1.0], [0.9, 2.5, 0.8]], [[1, 0, 2], [1, 0, 1]]
+    study = E.Study(E.validate("smoke"), results, {"resnet8": teacher}, [], 1.0)
+    rows = E.capacity_rows(study, "pgd20")
+    assert {r["student"] for r in rows} == {"resnet8", "resnet14"} and math.isnan(rows[0]["kept_worst"])
+    figs = [plots.per_class_bars(results, teacher, "pgd20", caption="c"),
+            plots.per_class_heatmap(results, teacher, "pgd20"),
+            plots.paired_seeds(results, [("ard", "fair-ard")], ["pgd20", "aa"]),
+            plots.summary_table_figure(E.summarize_runs(results, ["pgd20"]), ["pgd20"]),
+            plots.class_weight_trajectories(results[-1]),
+            plots.teacher_student_scatter(results, teacher, "pgd20"),
+            plots.per_class_lines(results, teacher, "pgd20"),
+            plots.capacity_curves(rows, caption=study.caption("pgd20")),
+            plots.capacity_curves(E.capacity_rows(dataclasses.replace(study, results=results[:4]), "pgd20"))]
+    for fig in figs:
+        fig.canvas.draw()  # rendering is where log scales and nan limits fail
+    plt.close("all")
+    assert "kept worst" in E.capacity_markdown(rows) and "ard from resnet8" in E.capacity_verdict(rows, "pgd20")
+
+
+def test_run_key_survives_moving_the_results_folder(monkeypatch, tmp_path):
+    settings = E._eval_settings(E.PROFILES["smoke"])
+    keys = []
+    for folder in ("a", "b"):
+        monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path / folder))
+        cfg = TrainConfig(method="ard", teacher="resnet8",
+                          teacher_checkpoint=str(tmp_path / folder / "teachers" / "pgd_at-resnet8-x" / "final.pt"))
+        keys.append(E.run_key(cfg, settings))
+    assert keys[0] == keys[1]
+    outside = TrainConfig(method="ard", teacher="resnet8", teacher_checkpoint="/elsewhere/trades.pt")
+    assert E.run_key(outside, settings) != keys[1]
+
+
+def test_headline_compares_within_each_student():
+    results = (_worst("ard", [0.1, 0.1, 0.1]) + _worst("fair-ard", [0.2, 0.2, 0.2])
+               + [dict(r, student="resnet18") for r in _worst("ard", [0.3, 0.3, 0.3]) + _worst("fair-ard", [0.3, 0.3, 0.3])])
+    with pytest.raises(ValueError, match="several students"):
+        E.compare_pair(results, "ard", "fair-ard", "pgd20")
+    comps = E.headline(results, [("ard", "fair-ard")], ["pgd20"])
+    assert [(c["student"], round(100 * c["mean_diff"], 1)) for c in comps] == [("resnet8", 10.0), ("resnet18", 0.0)]
+    assert comps[1]["verdict"].startswith("(resnet18) ")
+    glue = E.headline_glue(comps)
+    assert glue["fair_ard_worst_pgd_diff"] == 10.0 and glue["fair_ard_worst_pgd_diff_resnet18"] == 0.0
