@@ -145,7 +145,7 @@ def cmd_demo(args) -> int:
         print(f"\n== {title}: {args.eval_per_class} test images per class, in-house JPEG-derived CIFAR-10 ==")
         print(format_table(res))
     write_json(args.out, {"kind": "demo", "results": results, "provenance": provenance(device),
-                          "settings": vars(args)})
+                          "settings": {k: v for k, v in vars(args).items() if k != "fn"}})
     print(f"\nwrote {args.out}")
     return 0
 

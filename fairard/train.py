@@ -226,6 +226,9 @@ class Trainer:
         self.train_loader = D.DeviceLoader(x[idx], y[idx], batch_size=self.batch_size, train=True,
                                            device=self.device, seed=cfg.seed, pad_mode=cfg.pad_mode,
                                            channels_last=self.channels_last, num_classes=self.num_classes)
+        if len(self.train_loader) == 0:
+            raise ValueError(f"the training set has {len(idx)} images, fewer than one batch of {self.batch_size}: "
+                             f"raise --n-per-class or lower --batch-size")
         self.val = None if val_idx is None else self._float_images(x[val_idx], y[val_idx])
         self.monitor = None
         if cfg.monitor_n:

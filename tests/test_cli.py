@@ -36,3 +36,21 @@ def test_evaluate_command_bad_input_lists_valid_names(synthetic_root, tmp_path):
     r = _run("evaluate", "--arch", "resnet8", "--checkpoint", str(tmp_path / "missing.pt"),
              "--data-root", str(synthetic_root))
     assert r.returncode == 2 and "missing.pt" in r.stderr
+
+
+def test_demo_main_job_runs_end_to_end(synthetic_root, tmp_path):
+    out = tmp_path / "demo.json"
+    r = _run("demo", "--data-root", str(synthetic_root), "--n-per-class", "20", "--eval-per-class", "2",
+             "--teacher-epochs", "1", "--student-epochs", "1", "--device", "cpu", "--runs", str(tmp_path / "runs"),
+             "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())["results"]
+    assert set(result) == {"teacher (resnet20, PGD-AT)", "student (resnet8, ard)", "student (resnet8, fair-ard)"}
+    assert all(set(v["attacks"]) == {"clean", "pgd20"} for v in result.values())
+    assert "JPEG-derived" in r.stdout
+
+
+def test_train_with_fewer_images_than_a_batch_is_a_clear_error(synthetic_root, tmp_path):
+    r = _run("train-teacher", "--arch", "resnet8", "--method", "natural", "--data-root", str(synthetic_root),
+             "--n-per-class", "5", "--batch-size", "128", "--device", "cpu", "--out", str(tmp_path / "t"))
+    assert r.returncode == 2 and "fewer than one batch" in r.stderr
