@@ -102,7 +102,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """Hash of everything that changes the result (the device and amp do not enter)."""
+        """Hash of the configuration; the device and the data root do not enter (amp does: it changes the numbers)."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("device", "data_root")}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
