@@ -21,7 +21,7 @@ main: venv
 	$(PY) -m fairard demo --out data/results/demo.json
 
 bench: venv
-	$(PY) benchmarks/attack_throughput.py
+	$(PY) benchmarks/attack_throughput.py --models resnet20,resnet18
 
 clean:
 	rm -rf $(VENV) book/_build

@@ -73,9 +73,11 @@ def parse_args(argv=None):
     p.add_argument("--n-per-class", type=int, default=None,
                    help="class-balanced training subset per class (default: 100 on CPU, all on CUDA; --quick: 52 / 200)")
     p.add_argument("--batch-size", type=int, default=128, help="default: %(default)s (official)")
-    p.add_argument("--amp", type=_csv, default=None,
-                   help="fairard amp modes to time, among auto, bf16, off (default: auto,off; --quick: auto)")
-    p.add_argument("--repeats", type=int, default=1, help="timed epochs per implementation, median (default 1)")
+    p.add_argument("--amp", type=_csv, default=["auto", "off"],
+                   help="fairard amp modes to time, among auto, bf16, off (default: auto,off; off shows what "
+                        "the structure alone buys)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed epochs per implementation, median (default: 3; 1 for a full CUDA epoch)")
     p.add_argument("--workers", type=int, default=None,
                    help="baseline DataLoader workers (default: min(4, CPU cores))")
     p.add_argument("--baseline-warmup", type=int, default=2, help="discarded baseline batches (default %(default)s)")
@@ -92,8 +94,11 @@ def parse_args(argv=None):
     args.teacher = args.teacher or ("wrn-34-10" if cuda else "resnet56")
     if args.n_per_class is None:
         args.n_per_class = (200 if cuda else 52) if args.quick else (None if cuda else 100)
-    if args.amp is None:
-        args.amp = ["auto"] if args.quick else ["auto", "off"]
+    if args.repeats is None:
+        args.repeats = 1 if cuda and args.n_per_class is None else 3
+    unknown_amp = sorted(set(args.amp) - {"auto", "bf16", "off"})
+    if unknown_amp:
+        p.error(f"unknown amp mode(s) {unknown_amp}; valid: auto, bf16, off")
     if args.workers is None:
         args.workers = min(4, os.cpu_count() or 1)
     for m in args.methods:
