@@ -85,7 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--data-root", default=None, help="default: $FAIRARD_DATA")
     p.add_argument("--quick", action="store_true", help="a small subset: a few minutes on a 2-core CPU")
     p.add_argument("--cudnn-benchmark", action="store_true",
-                   help="set torch.backends.cudnn.benchmark=True for both (fairard itself leaves it off)")
+                   help="set torch.backends.cudnn.benchmark=True for both (fairard's Trainer sets it on CUDA anyway)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file (atomically)")
     args = p.parse_args(argv)
     args.device = str(resolve_device(args.device))

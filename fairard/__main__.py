@@ -1,4 +1,4 @@
-"""Command line: ``python -m fairard {evaluate,train,train-teacher,demo} ...``."""
+"""Command line: ``python -m fairard {evaluate,train,train-teacher,demo,study} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -150,6 +150,28 @@ def cmd_demo(args) -> int:
     return 0
 
 
+STUDIES = ("main_results", "inheritance", "capacity_gap")
+
+
+def cmd_study(args) -> int:
+    """A notebook's study without Jupyter (e.g. on a GPU server): the same ``validate`` + study call,
+    results cached under ``$FAIRARD_RESULTS``, summary tables printed."""
+    from . import experiments as E
+
+    setup = E.validate(args.profile, methods=args.methods, attacks=args.attacks, seeds=args.seeds,
+                       other_seeds=args.other_seeds, headline=args.headline, results_dir=args.results,
+                       overrides=args.overrides, progress=not args.quiet)
+    print(setup.describe(), flush=True)
+    study = getattr(E, args.name)(setup)
+    attacks = list(setup.attacks)
+    print("\n" + E.markdown_table(E.summarize_runs(study.results, attacks), attacks))
+    if setup.headline_pairs:
+        print("\n" + E.headline_markdown(E.headline(study.results, setup.headline_pairs), setup))
+    print(f"\n{len(study.results)} runs, {len(study.computed)} cache entries written, {study.seconds:.0f} s; "
+          f"results under {E.results_dir()}")
+    return 0
+
+
 def _add_common(p, *, train: bool):
     p.add_argument("--dataset", default="cifar10", choices=sorted(D.NUM_CLASSES))
     p.add_argument("--data-root", default=None, help="data folder (default: $FAIRARD_DATA or data/)")
@@ -221,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="data/results/demo-runs")
     p.add_argument("--out", default="data/results/demo.json")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("study", help="run a notebook's study headless (main_results, inheritance, capacity_gap)")
+    p.add_argument("name", choices=STUDIES)
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--methods", default=None, help="comma-separated, e.g. ard,fair-ard")
+    p.add_argument("--headline", default=None, help="base methods compared with their fair- version, e.g. ard,rslad")
+    p.add_argument("--attacks", default=None)
+    p.add_argument("--seeds", default=None)
+    p.add_argument("--other-seeds", default=None)
+    p.add_argument("--overrides", default=None, help='profile fields as JSON, e.g. \'{"student_epochs": 10}\'')
+    p.add_argument("--results", default=None, help="results folder (default: $FAIRARD_RESULTS or data/results)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_study)
     return parser
 
 

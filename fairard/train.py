@@ -179,6 +179,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: cuDNN's autotuned kernels pay off at once
         self.amp = default_amp(self.device) if cfg.amp == "auto" else cfg.amp == "bf16"
         self.channels_last = self.amp if cfg.channels_last is None else cfg.channels_last
         self.num_classes = D.NUM_CLASSES[cfg.dataset] if cfg.dataset in D.NUM_CLASSES else None
