@@ -222,7 +222,8 @@ def label_key(text: str) -> str:
 def run_path(result: dict) -> Path:
     """Directory of a run result (experiments.run_dir's layout, rebuilt from the result)."""
     method = result.get("run_method", result["method"])
-    return E.results_dir() / "runs" / f"{method}-{result['student']}-s{result['seed']}-{result['key']}"
+    key = result.get("train_key", result["key"])  # results written before the split cache keyed the folder by "key"
+    return E.results_dir() / "runs" / f"{method}-{result['student']}-s{result['seed']}-{key}"
 
 
 def run_history(result: dict) -> list[dict]:

@@ -5,13 +5,16 @@ epochs, attacks, seeds.  Notebooks take a profile name plus overrides, build run
 ``student_config`` / ``teacher_config`` and call ``run`` (or ``run_all``), which trains (or resumes,
 or loads), evaluates per class, and writes one JSON result per run:
 
-    $FAIRARD_RESULTS/runs/<method>-<student>-s<seed>-<hash>/
+    $FAIRARD_RESULTS/runs/<method>-<student>-s<seed>-<train key>/
         checkpoint.pt, final.pt, log.jsonl, config.json   (training, fairard.train)
-        result.json                                        (config, per-class evaluation, provenance)
+        evals/<attack>-<key>.json, evals/eps1-<key>.json   (one attack's per-class evaluation each)
+        result-<run key>.json                              (config, evaluation, provenance)
 
-A run is keyed by its full config (training config + evaluation settings).  ``result.json`` is
-written atomically and last, so a half-finished run is never read as finished: re-running a
-notebook reuses finished runs and resumes unfinished ones.
+A training run is keyed by its full training config (``train_key``); each attack's evaluation is
+stored on its own inside it, so a notebook that adds an attack evaluates only that attack; the
+assembled result is keyed by training config + evaluation settings (``run_key``).  Every file is
+written atomically and the result last, so a half-finished run is never read as finished:
+re-running a notebook reuses finished runs and resumes unfinished ones.
 
 Notebooks use three layers: ``validate`` (every parameter checked at once; it returns a ``Setup``,
 the profile plus the study's own parameters), one study call (``main_results`` / ``inheritance`` /
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 
 from . import data as D
-from .evaluate import EVAL_ATTACKS, check_attacks, evaluate
+from .evaluate import EVAL_ATTACKS, check_attacks, evaluate, large_eps_accuracy, sanity_report
 from .methods import METHODS, parse_method_name
 from .models import build_model, list_models
 from .train import TrainConfig, train
@@ -92,12 +95,14 @@ PROFILES: dict[str, Profile] = {
         nat_teacher_epochs=1, students=("resnet8",), student_epochs=1, attack_steps=2, batch_size=50,
         ladder=("resnet8", "resnet14")),
     "quick": Profile(
-        name="quick", description="2-core CPU in about 30 minutes: real CIFAR-10, a class-balanced subset, "
-                                  "small CIFAR ResNets, short schedules",
-        n_per_class=500, eval_per_class=100, aa_per_class=20, attacks=("clean", "fgsm", "pgd20", "cw20", "aa"),
-        seeds=(0, 1, 2), teacher="resnet20", teacher_method="pgd_at", teacher_epochs=10,
-        teacher_kwargs={"width": 32}, nat_teacher="resnet20", nat_teacher_epochs=5, students=("resnet8",),
-        student_epochs=5, attack_steps=5, batch_size=128, ladder=("resnet8", "resnet14", "resnet20", "resnet32")),
+        name="quick", description="2-core CPU: main_results in about 30 minutes with the teacher, 15 without; "
+                                  "real CIFAR-10, a class-balanced 5,000-image subset, small CIFAR ResNets, "
+                                  "short schedules (a pipeline check at real scale, too small to resolve "
+                                  "Fair-ARD's effect: see notebooks/README.md)",
+        n_per_class=500, eval_per_class=50, aa_per_class=10, attacks=("clean", "fgsm", "pgd20", "cw20", "aa"),
+        seeds=(0, 1, 2), teacher="resnet20", teacher_method="pgd_at", teacher_epochs=30,
+        nat_teacher="resnet20", nat_teacher_epochs=5, students=("resnet8",),
+        student_epochs=2, attack_steps=5, batch_size=128, ladder=("resnet8", "resnet14", "resnet20", "resnet32")),
     "paper": Profile(
         name="paper", description="the paper's settings: full CIFAR-10, WRN-34-10 TRADES teacher, ResNet-18 and "
                                   "MobileNetV2 students, each method's official epochs and milestones (GPU)",
@@ -365,17 +370,29 @@ def _portable(path: str | None) -> str | None:
         return path
 
 
-def run_key(cfg: TrainConfig, settings: dict) -> str:
-    """The cache key of a run: its training config (teacher checkpoints relative to the results folder)
-    and its evaluation settings."""
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train_key(cfg: TrainConfig) -> str:
+    """The cache key of a training run: its config, teacher checkpoints relative to the results folder."""
     portable = dataclasses.replace(cfg, teacher_checkpoint=_portable(cfg.teacher_checkpoint),
                                    nat_teacher_checkpoint=_portable(cfg.nat_teacher_checkpoint))
-    blob = json.dumps({"train": portable.key(), "eval": settings}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return portable.key()
 
 
-def run_dir(cfg: TrainConfig, settings: dict) -> Path:
-    return results_dir() / "runs" / f"{cfg.method}-{cfg.student}-s{cfg.seed}-{run_key(cfg, settings)}"
+def run_key(cfg: TrainConfig, settings: dict) -> str:
+    """The key of one result: the training key plus the evaluation settings (attacks, subsets, eps, seed)."""
+    return _hash({"train": train_key(cfg), "eval": settings})
+
+
+def run_dir(cfg: TrainConfig) -> Path:
+    """The folder of a training run; every evaluation of it (any attack list) lives inside."""
+    return results_dir() / "runs" / f"{cfg.method}-{cfg.student}-s{cfg.seed}-{train_key(cfg)}"
+
+
+def result_file(cfg: TrainConfig, settings: dict) -> Path:
+    return run_dir(cfg) / f"result-{run_key(cfg, settings)}.json"
 
 
 def load_result(path) -> dict | None:
@@ -392,58 +409,121 @@ def _test_tensors(dataset, n_per_class, device, seed=0):
     return xt, torch.from_numpy(y).long().to(device)
 
 
-def evaluate_model(model, dataset: str, settings: dict, device, progress: bool = True) -> dict:
-    """Per-class evaluation.  AutoAttack runs on its own smaller class-balanced subset when
-    ``aa_per_class`` is below ``eval_per_class`` (that subset's per-class numbers then stand alone:
-    the AA <= PGD <= clean check covers only the attacks run on the same images)."""
+def _attack_images(settings: dict, attack: str):
+    """Test images per class an attack runs on: AutoAttack may use its own smaller subset."""
+    return settings["eval_per_class"] if EVAL_ATTACKS[attack].batched else (settings["aa_per_class"]
+                                                                         or settings["eval_per_class"])
+
+
+def evaluate_model(model, dataset: str, settings: dict, device, progress: bool = True, cache: Path | None = None) -> dict:
+    """Per-class evaluation under every attack of ``settings``.
+
+    AutoAttack runs on its own class-balanced subset when ``aa_per_class`` is below ``eval_per_class``
+    (its per-class numbers then stand alone: the AA <= PGD <= clean check covers only the attacks run on
+    the same images).  With ``cache`` (a folder), each attack's evaluation is stored there on its own
+    (``evals/<attack>-<key>.json``) and reused: adding an attack to a study evaluates only that attack.
+    ``model`` may be a zero-argument callable that builds the model; it is called only if something
+    is missing from the cache."""
     names = D.CLASS_NAMES[dataset]
-    attacks = settings["attacks"]
-    n_aa = settings["aa_per_class"] or settings["eval_per_class"]
-    separate = [a for a in attacks if not EVAL_ATTACKS[a].batched] if n_aa != settings["eval_per_class"] else []
-    x, y = _test_tensors(dataset, settings["eval_per_class"], device)
-    result = evaluate(model, x, y, attacks=[a for a in attacks if a not in separate], class_names=names,
-                      progress=progress, seed=settings["seed"])
-    if separate:
-        xa, ya = _test_tensors(dataset, n_aa, device)
-        aa = evaluate(model, xa, ya, attacks=separate, class_names=names, progress=progress,
-                      seed=settings["seed"], check_large_eps=0)
-        result["attacks"].update(aa["attacks"])
-        result["seconds"].update(aa["seconds"])
-    return result
+    attacks = list(settings["attacks"])
+    n_eval = settings["eval_per_class"]
+    files = {a: (cache / "evals" / f"{a}-{_hash({'attack': a, 'per_class': _attack_images(settings, a), 'eps': settings['eps'], 'seed': settings['seed']})}.json"
+                 if cache is not None else None) for a in attacks}
+    eps1_file = cache / "evals" / f"eps1-{_hash({'per_class': n_eval, 'seed': settings['seed']})}.json" if cache else None
+    done = {a: load_result(f) for a, f in files.items() if f is not None and f.exists()}
+    eps1 = load_result(eps1_file) if eps1_file is not None and eps1_file.exists() else None
+    missing = [a for a in attacks if a not in done]
+    if missing or eps1 is None:
+        model = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
+        groups: dict = {}
+        for a in missing:
+            groups.setdefault(_attack_images(settings, a), []).append(a)
+        for per_class, group in groups.items():
+            x, y = _test_tensors(dataset, per_class, device)
+            r = evaluate(model, x, y, attacks=group, class_names=names, progress=progress, seed=settings["seed"],
+                         check_large_eps=0)
+            for a in group:
+                done[a] = {"attack": a, "per_class_images": per_class, "n": r["n"], "summary": r["attacks"][a],
+                           "seconds": r["seconds"][a]}
+                if files[a] is not None:
+                    write_json(files[a], done[a])
+        if eps1 is None:  # the gradient-masking check: PGD at eps = 1 must leave ~0 accuracy
+            x, y = _test_tensors(dataset, n_eval, device)
+            n = min(200, len(x))
+            eps1 = {"eps1_pgd_accuracy": large_eps_accuracy(model, x[:n], y[:n], seed=settings["seed"]), "n": n}
+            if eps1_file is not None:
+                write_json(eps1_file, eps1)
+    summaries = {a: done[a]["summary"] for a in attacks}
+    same_images = {a: s for a, s in summaries.items() if _attack_images(settings, a) == n_eval}
+    warnings = sanity_report(same_images)
+    if eps1["eps1_pgd_accuracy"] > 0.05:
+        warnings.append(f"PGD at eps=1 leaves {eps1['eps1_pgd_accuracy']:.1%} accuracy: gradients may be masked")
+    main_n = next((done[a]["n"] for a in attacks if _attack_images(settings, a) == n_eval), done[attacks[0]]["n"])
+    return {"eps": settings["eps"], "n": main_n, "class_names": list(names), "seed": settings["seed"],
+            "attacks": summaries, "seconds": {a: done[a]["seconds"] for a in attacks},
+            "images": {a: done[a]["n"] for a in attacks},
+            "sanity": {"warnings": warnings, "eps1_pgd_accuracy": eps1["eps1_pgd_accuracy"]}}
+
+
+def _epoch_seconds(out: Path) -> float:
+    """Training time of a run, summed from its per-epoch log (resumed runs included)."""
+    log = out / "log.jsonl"
+    return sum(json.loads(line).get("seconds", 0.0) for line in log.read_text().splitlines() if line.strip()) \
+        if log.exists() else 0.0
 
 
 def run(cfg: TrainConfig, *, attacks=None, profile: Profile | None = None, progress: bool = True) -> dict:
     """Train (or resume, or reuse) ``cfg`` and evaluate it per class; returns the result dict.
 
-    The result carries ``from_cache`` (not stored): True when nothing was trained or evaluated.
-    """
+    Training is cached by ``train_key`` (``run_dir``), each attack's evaluation inside it, and the
+    assembled result per evaluation settings (``result_file``).  The result carries ``from_cache``
+    (not stored): True when nothing was trained or evaluated."""
     p = profile or get_profile("quick")
     settings = _eval_settings(p, attacks)
-    out = run_dir(cfg, settings)
-    cached = load_result(out / "result.json")
+    out, target = run_dir(cfg), result_file(cfg, settings)
+    cached = load_result(target)
     if cached is not None:
         return {**cached, "from_cache": True}
-    t0 = time.perf_counter()
-    model = train(cfg, out, progress=progress)
-    train_seconds = time.perf_counter() - t0
-    device = next(model.parameters()).device
-    evaluation = evaluate_model(model, cfg.dataset, settings, device, progress=progress)
+    needs_training = not (out / "final.pt").exists()
+    built = {}
+
+    device = resolve_device(cfg.device)
+
+    def model():  # the trained student (weights read from final.pt when training is cached); built once
+        if "model" not in built:
+            if needs_training:
+                built["model"] = train(cfg, out, progress=progress)
+            else:
+                from .models import load_checkpoint
+                arch = build_model(cfg.student, D.NUM_CLASSES[cfg.dataset], **cfg.student_kwargs)
+                built["model"] = load_checkpoint(arch, out / "final.pt").to(device).eval()
+        return built["model"]
+
+    if needs_training:
+        model()
+    evaluation = evaluate_model(model, cfg.dataset, settings, device, progress=progress, cache=out)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] \
         if (out / "log.jsonl").exists() else []
     result = {
-        "kind": "run", "key": run_key(cfg, settings), "method": cfg.method, "student": cfg.student,
-        "seed": cfg.seed, "profile": p.name, "config": cfg.to_dict(), "eval_settings": settings,
-        "evaluation": evaluation, "class_weights_history": [h.get("class_weights") for h in log],
+        "kind": "run", "key": run_key(cfg, settings), "train_key": train_key(cfg), "method": cfg.method,
+        "student": cfg.student, "seed": cfg.seed, "profile": p.name, "config": cfg.to_dict(),
+        "eval_settings": settings, "evaluation": evaluation,
+        "class_weights_history": [h.get("class_weights") for h in log],
         "kappa_history": [h.get("class_stats", {}).get("kappa") for h in log],
-        "train_seconds": train_seconds, "eval_seconds": sum(evaluation["seconds"].values()),
+        "train_seconds": _epoch_seconds(out), "eval_seconds": sum(evaluation["seconds"].values()),
         "provenance": provenance(device), "dataset_note": dataset_note(cfg.dataset),
     }
-    write_json(out / "result.json", result)
-    return {**result, "from_cache": False}
+    write_json(target, result)
+    return {**result, "from_cache": False, "trained": needs_training}
 
 
 def _report(cfg: TrainConfig, r: dict) -> None:
-    state = "cached" if r["from_cache"] else f"trained {r['train_seconds']:.0f} s + eval {r['eval_seconds']:.0f} s"
+    if r["from_cache"]:
+        state = "cached"
+    elif r.get("trained", True):
+        state = f"trained {r['train_seconds']:.0f} s + eval {r['eval_seconds']:.0f} s"
+    else:
+        state = "training cached; only the missing attacks evaluated"
     print(f"{cfg.method:>12} {cfg.student:>14} seed {cfg.seed}: {state}", flush=True)
 
 
@@ -458,21 +538,25 @@ def run_all(configs, *, profile: Profile, attacks=None, progress: bool = True) -
 
 
 def evaluate_teacher(p: Profile, *, attacks=None, progress: bool = True) -> dict:
-    """The teacher's per-class evaluation, cached like a run."""
+    """The teacher's per-class evaluation, cached like a run (each attack on its own)."""
     settings = _eval_settings(p, attacks)
     ckpt = teacher_checkpoint(p, progress=progress)
-    key = hashlib.sha256(json.dumps({"ckpt": _portable(ckpt), "eval": settings, "arch": p.teacher,
-                                     "kw": p.teacher_kwargs}, sort_keys=True).encode()).hexdigest()[:12]
-    out = results_dir() / "teacher-evals" / f"{p.teacher}-{key}.json"
+    tkey = _hash({"ckpt": _portable(ckpt), "arch": p.teacher, "kw": p.teacher_kwargs})
+    folder = results_dir() / "teacher-evals" / f"{p.teacher}-{tkey}"
+    key = _hash({"teacher": tkey, "eval": settings})
+    out = folder / f"result-{key}.json"
     cached = load_result(out)
     if cached is not None:
         return {**cached, "from_cache": True}
     from .models import load_checkpoint
     device = resolve_device(p.device)
-    model = load_checkpoint(build_model(p.teacher, D.NUM_CLASSES[p.dataset], **p.teacher_kwargs), ckpt).to(device)
-    evaluation = evaluate_model(model, p.dataset, settings, device, progress=progress)
+
+    def model():
+        return load_checkpoint(build_model(p.teacher, D.NUM_CLASSES[p.dataset], **p.teacher_kwargs), ckpt).to(device)
+
+    evaluation = evaluate_model(model, p.dataset, settings, device, progress=progress, cache=folder)
     result = {"kind": "teacher", "method": f"teacher ({p.teacher_method})", "student": p.teacher, "seed": 0,
-              "key": key, "checkpoint": ckpt, "profile": p.name, "eval_settings": settings,
+              "key": key, "checkpoint": _portable(ckpt), "profile": p.name, "eval_settings": settings,
               "evaluation": evaluation, "provenance": provenance(device), "dataset_note": dataset_note(p.dataset)}
     write_json(out, result)
     return {**result, "from_cache": False}
@@ -493,7 +577,8 @@ def dataset_label(note: str) -> str:
 
 
 # ---- studies: what each notebook runs ----------------------------------------------------------------
-_CACHE_ENTRIES = ("runs/*/result.json", "runs/*/final.pt", "teachers/*/final.pt", "teacher-evals/*.json")
+_CACHE_ENTRIES = ("runs/*/result*.json", "runs/*/final.pt", "runs/*/evals/*.json", "teachers/*/final.pt",
+                  "teacher-evals/*.json", "teacher-evals/*/*.json", "teacher-evals/*/evals/*.json")
 
 
 def cache_snapshot() -> dict[str, int]:
@@ -541,6 +626,35 @@ class Study:
         if attack:
             parts.insert(0, attack)
         return " · ".join(parts) + " · run keys in the provenance table"
+
+
+def load_recorded(folder) -> Study:
+    """A results folder computed elsewhere (e.g. ``results/h100-2026-11-22``, from a lent GPU) read back
+    as a ``Study``: its finished runs and teacher evaluations, nothing trained or evaluated.  A relative
+    ``folder`` is looked up in the checkout first.  Unfinished runs (no ``result*.json``) are skipped."""
+    folder = Path(folder).expanduser()
+    if not folder.is_absolute() and (_REPO / folder).exists():
+        folder = _REPO / folder
+    results = [{**json.loads(f.read_text()), "from_cache": True} for f in sorted(folder.glob("runs/*/result*.json"))]
+    teachers = {}
+    for f in sorted(folder.glob("teacher-evals/*.json")) + sorted(folder.glob("teacher-evals/*/result*.json")):
+        t = json.loads(f.read_text())
+        teachers[t["student"]] = {**t, "from_cache": True}
+    if not results or not teachers:
+        raise ValueError(f"{folder} holds no finished run (runs/*/result*.json) with a teacher evaluation "
+                         f"(teacher-evals/); give the folder that fairard.experiments wrote")
+    first, cfg = results[0], results[0]["config"]
+    settings = first["eval_settings"]
+    base = PROFILES[first["profile"]]
+    methods = tuple(dict.fromkeys(r["method"] for r in results))
+    values = {f.name: getattr(base, f.name) for f in fields(base)}
+    values.update(name=f"{base.name}, {cfg['epochs']} student epochs", attacks=tuple(settings["attacks"]),
+                  eval_per_class=settings["eval_per_class"], aa_per_class=settings["aa_per_class"],
+                  seeds=tuple(sorted({r["seed"] for r in results})), teacher=cfg["teacher"] or base.teacher,
+                  students=tuple(dict.fromkeys(r["student"] for r in results)), n_per_class=cfg["n_per_class"],
+                  student_epochs=cfg["epochs"])
+    headline = tuple(m for m in BASE_METHODS if m in methods and f"fair-{m}" in methods)
+    return Study(Setup(**values, methods=methods, headline=headline), results, teachers, [], 0.0)
 
 
 def _run_plan(setup: Setup, plan, progress: bool | None) -> Study:

@@ -64,3 +64,18 @@ def write_synthetic_cifar(root: Path, n_train=24, n_test=8, seed=0) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     return write_synthetic_cifar(tmp_path_factory.mktemp("synthetic-data"))
+
+
+@pytest.fixture(scope="session")
+def nb_env(tmp_path_factory):
+    """One data folder and one results cache for every notebook of the session (the notebook tests
+    and the book test share it, so a test session trains each smoke run once)."""
+    data = shared_data_root() or write_synthetic_cifar(tmp_path_factory.mktemp("nb-data"), n_train=24, n_test=8)
+    results = tmp_path_factory.mktemp("nb-results")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FAIRARD_DATA", str(data))
+    mp.setenv("FAIRARD_RESULTS", str(results))
+    mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    mp.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is as fast, and far faster on a shared CPU
+    yield results
+    mp.undo()

@@ -368,7 +368,7 @@ def test_recorded_run_replays_and_gap_on_real_checkpoints(synthetic_root, tmp_pa
                             overrides={"eval_per_class": 2})
     result, history = A.recorded_run(c)
     assert len(history) == 2 and A.history_consistency(result, history) < 1e-6
-    assert A.run_path(result).name.endswith(result["key"])
+    assert A.run_path(result).name.endswith(result["train_key"]) and (A.run_path(result) / "final.pt").exists()
     student, teacher = A.load_student(result), A.load_teacher(c.setup, progress=False)
     x, y = A.test_images("cifar10", 2)
     assert A.input_gradient_gap(student, teacher, x, y)["l2"] > 0

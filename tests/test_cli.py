@@ -54,3 +54,17 @@ def test_train_with_fewer_images_than_a_batch_is_a_clear_error(synthetic_root, t
     r = _run("train-teacher", "--arch", "resnet8", "--method", "natural", "--data-root", str(synthetic_root),
              "--n-per-class", "5", "--batch-size", "128", "--device", "cpu", "--out", str(tmp_path / "t"))
     assert r.returncode == 2 and "fewer than one batch" in r.stderr
+
+
+def test_study_command_runs_a_notebook_study_and_reuses_the_cache(synthetic_root, tmp_path):
+    args = ("study", "main_results", "--profile", "smoke", "--methods", "ard,fair-ard", "--headline", "ard",
+            "--results", str(tmp_path / "results"), "--quiet")
+    env_run = lambda *a: subprocess.run([sys.executable, "-m", "fairard", *a], capture_output=True, text=True,
+                                        timeout=300, env={**__import__("os").environ, "FAIRARD_DATA": str(synthetic_root)})
+    first = env_run(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "| fair-ard | resnet8 | 0 |" in first.stdout and "fair-ard vs ard" in first.stdout
+    again = env_run(*args)
+    assert again.returncode == 0 and again.stdout.count(": cached") == 2 and "0 cache entries written" in again.stdout
+    bad = env_run("study", "main_results", "--profile", "smoke", "--methods", "ard,fair-foo")
+    assert bad.returncode == 2 and "valid:" in bad.stderr and "fair-ard" in bad.stderr

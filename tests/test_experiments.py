@@ -117,10 +117,10 @@ def cache(synthetic_root, tmp_path, monkeypatch):
 def test_run_writes_result_atomically_and_second_run_comes_from_cache(cache, monkeypatch):
     profile, cfg = cache
     first = E.run(cfg, profile=profile, progress=False)
-    out = E.run_dir(cfg, E._eval_settings(profile))
-    assert not first["from_cache"] and (out / "result.json").exists()
-    assert not list(out.glob(".*.tmp"))
-    stored = json.loads((out / "result.json").read_text())
+    target = E.result_file(cfg, E._eval_settings(profile))
+    assert not first["from_cache"] and target.exists() and target.parent == E.run_dir(cfg)
+    assert not list(target.parent.glob(".*.tmp"))
+    stored = json.loads(target.read_text())
     assert stored["key"] == E.run_key(cfg, E._eval_settings(profile)) and "from_cache" not in stored
     assert set(stored["evaluation"]["attacks"]) == {"clean", "pgd20"}
     assert stored["provenance"]["git_commit"] and stored["dataset_note"]
@@ -136,12 +136,40 @@ def test_failed_result_write_leaves_nothing_finished(cache, monkeypatch):
     monkeypatch.setattr(E, "write_json", lambda path, obj: real(path, {**obj, "unserialisable": object()}))
     with pytest.raises(TypeError):
         E.run(cfg, profile=profile, progress=False)
-    out = E.run_dir(cfg, E._eval_settings(profile))
-    assert (out / "final.pt").exists() and not (out / "result.json").exists() and not list(out.glob(".*.tmp"))
+    out, target = E.run_dir(cfg), E.result_file(cfg, E._eval_settings(profile))
+    assert (out / "final.pt").exists() and not target.exists() and not list(out.glob(".*.tmp"))
+    assert not list(out.glob("evals/.*.tmp"))
     monkeypatch.setattr(E, "write_json", real)
     monkeypatch.setattr(T.Trainer, "train_epoch", lambda *a, **k: pytest.fail("training had finished"))
     again = E.run(cfg, profile=profile, progress=False)             # evaluated again, not retrained
-    assert not again["from_cache"] and (out / "result.json").exists()
+    assert not again["from_cache"] and not again["trained"] and target.exists()
+
+
+def test_adding_an_attack_evaluates_only_that_attack(cache, monkeypatch):
+    profile, cfg = cache
+    first = E.run(cfg, profile=profile, progress=False)
+    evaluated = []
+    real_evaluate = E.evaluate
+    monkeypatch.setattr(E, "evaluate", lambda *a, **k: evaluated.extend(k["attacks"]) or real_evaluate(*a, **k))
+    monkeypatch.setattr(E, "train", lambda *a, **k: pytest.fail("the run had finished training"))
+    monkeypatch.setattr(E, "large_eps_accuracy", lambda *a, **k: pytest.fail("the eps=1 check is cached"))
+    wider = E.run(cfg, profile=profile, attacks=["clean", "pgd20", "fgsm"], progress=False)
+    assert evaluated == ["fgsm"] and not wider["from_cache"] and not wider["trained"]
+    for attack in ("clean", "pgd20"):
+        assert json.dumps(wider["evaluation"]["attacks"][attack]) == json.dumps(first["evaluation"]["attacks"][attack])
+    assert wider["train_key"] == first["train_key"] and wider["key"] != first["key"]
+    assert E.run(cfg, profile=profile, attacks=["clean", "pgd20", "fgsm"], progress=False)["from_cache"]
+
+
+def test_load_recorded_reads_the_committed_gpu_run(tmp_path):
+    study = E.load_recorded("results/h100-2026-11-22")
+    assert [r["method"] for r in study.results] == ["ard", "fair-ard"] and study.teacher["student"] == "resnet18"
+    assert study.setup.headline_pairs == (("ard", "fair-ard"),) and study.setup.eval_per_class is None
+    assert all(r["evaluation"]["attacks"]["pgd20"]["n"] == 10000 for r in study.results)
+    caption = study.caption("pgd20")
+    assert "JPEG" in caption and "H100" in caption and "AA on 50 img/class" in caption
+    with pytest.raises(ValueError, match="no finished run"):
+        E.load_recorded(tmp_path)
 
 
 class _Interrupted(Exception):
@@ -160,9 +188,9 @@ def test_half_finished_run_is_resumed_not_read_as_finished(cache, monkeypatch):
     monkeypatch.setattr(T.Trainer, "train_epoch", dies_in_epoch_1)
     with pytest.raises(_Interrupted):
         E.run(cfg, profile=profile, progress=False)
-    out = E.run_dir(cfg, E._eval_settings(profile))
-    assert (out / "checkpoint.pt").exists() and not (out / "result.json").exists()
-    assert E.load_result(out / "result.json") is None
+    out, target = E.run_dir(cfg), E.result_file(cfg, E._eval_settings(profile))
+    assert (out / "checkpoint.pt").exists() and not target.exists()
+    assert E.load_result(target) is None
 
     epochs = []
     monkeypatch.setattr(T.Trainer, "train_epoch", lambda self, epoch, bar=None: epochs.append(epoch)

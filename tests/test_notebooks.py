@@ -20,25 +20,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import REPO, shared_data_root, write_synthetic_cifar
+from conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 MAIN = REPO / "notebooks" / "main_results.ipynb"
 GLUE_PREFIX = "application/papermill.record/"
-
-
-@pytest.fixture(scope="session")
-def nb_env(tmp_path_factory):
-    """One data folder and one results cache for every notebook of the session."""
-    data = shared_data_root() or write_synthetic_cifar(tmp_path_factory.mktemp("nb-data"), n_train=24, n_test=8)
-    results = tmp_path_factory.mktemp("nb-results")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FAIRARD_DATA", str(data))
-    mp.setenv("FAIRARD_RESULTS", str(results))
-    mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    mp.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is as fast, and far faster on a shared CPU
-    yield results
-    mp.undo()
 
 
 @pytest.fixture(scope="session")
