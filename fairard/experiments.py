@@ -775,6 +775,7 @@ def compare_pair(results, base: str, fair: str, attack: str, what: str = "worst_
                 "distinguishable from noise." if len(seeds) >= 3 else
                 "Fewer than 3 seeds: no claim about significance.")
     return {"base": base, "fair": fair, "attack": attack, "what": what, "seeds": seeds, "diffs": diffs,
+            "base_values": [by[(base, s)] for s in seeds], "fair_values": [by[(fair, s)] for s in seeds],
             "mean_diff": mean, "seed_std": spread, "exceeds_spread": exceeds, "verdict": verdict}
 
 
@@ -819,6 +820,11 @@ def headline_markdown(comparisons, setup: Profile) -> str:
                 "evidence against the paper: its claim (up to +12.3 points of worst-class AA robustness with "
                 "ResNet-18 students) is made for the full training set, a WRN-34-10 teacher and the official "
                 "schedules, which is what the `paper` profile runs.")
+    floored = [c for c in comparisons if not any(c.get("base_values", [1])) and not any(c.get("fair_values", [1]))]
+    if floored:
+        tail += (" " + "; ".join(f"{c['fair']} vs {c['base']} under {c['attack']}" for c in floored)
+                 + (": the value is 0 % for every seed of both methods, a floor that no class weighting can "
+                    "show an effect on (the students are too weak)."))
     return "\n".join(lines) + "\n\n" + tail
 
 
@@ -952,6 +958,10 @@ def inheritance_verdict(rows, attack: str) -> str:
         end = " The picture is mixed at this scale."
     n_seeds = min(len(r["seeds"]) for r in students)
     caveat = (f" ({n_seeds} seed(s) per method, {len(t['per_class'])} classes: descriptive, not a significance test.)")
+    weak = [r["method"] for r in students if r["mean"] < 0.05]
+    if weak:  # NSD = std / mean explodes as the mean goes to 0: a near-zero student is "unfair" by construction
+        caveat += (f" {len(weak)} of {len(students)} students ({', '.join(weak)}) are below 5 % on average under "
+                   f"{attack}: their NSD and ranking rest on one or two classes and say little about inheritance.")
     return rank + fair + end + caveat
 
 

@@ -261,6 +261,9 @@ def test_headline_text_and_glue():
     assert glue["fair_ard_worst_pgd_n_seeds"] == 3
     assert "Fewer than 3 seeds" in E.headline_markdown(E.headline(_worst("ard", [0.1]) + _worst("fair-ard", [0.2]),
                                                                    E.HEADLINE_PAIRS), E.PROFILES["smoke"])
+    assert "floor" not in text
+    floored = E.headline(_worst("ard", [0.0, 0.0, 0.0]) + _worst("fair-ard", [0.0, 0.0, 0.0]), E.HEADLINE_PAIRS)
+    assert "0 % for every seed of both methods" in E.headline_markdown(floored, E.PROFILES["quick"])
 
 
 def test_tables_show_std_only_for_several_seeds():
@@ -283,6 +286,9 @@ def test_correlations_and_inheritance_rows():
     assert rows[1]["worst_class"] == "automobile" and rows[1]["spearman"] == pytest.approx(1.0)
     verdict = E.inheritance_verdict(rows, "pgd20")
     assert "2 of 2 students are less fair" in verdict and "only partially" in verdict
+    assert "say little" not in verdict
+    weak = E.inheritance_rows([fake("ard", 0, [0.0, 0.0, 0.06])], teacher, "pgd20")
+    assert "1 of 1 students (ard) are below 5 %" in E.inheritance_verdict(weak, "pgd20")
     assert "| ard | resnet8 | 0 |" in E.inheritance_markdown(rows)
 
 
