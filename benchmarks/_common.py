@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from fairard.utils import provenance
+from fairard.utils import cpu_model, provenance
 
 
 def available_devices(requested) -> list[torch.device]:
@@ -53,16 +52,6 @@ def summary(seconds: list[float]) -> dict:
     """Median (the reported figure), min and max of the timed repeats."""
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
             "repeats": len(seconds), "all_s": seconds}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:

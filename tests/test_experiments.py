@@ -362,3 +362,12 @@ def test_headline_compares_within_each_student():
     assert comps[1]["verdict"].startswith("(resnet18) ")
     glue = E.headline_glue(comps)
     assert glue["fair_ard_worst_pgd_diff"] == 10.0 and glue["fair_ard_worst_pgd_diff_resnet18"] == 0.0
+
+
+def test_provenance_names_the_cpu_model_for_captions():
+    from fairard.utils import cpu_model, provenance
+
+    prov = provenance("cpu")
+    assert prov["device"] == "cpu" and prov["device_name"].startswith(cpu_model())
+    assert prov["device_name"].endswith(f"({__import__('os').cpu_count()} cores)") and cpu_model()
+    assert prov["versions"]["torch"] and prov["git_commit"]
