@@ -2,7 +2,9 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-export FAIRARD_DATA ?= data
+# Data: $FAIRARD_DATA if set; else a sibling ../shared/data that holds CIFAR-10 (the workplace's in-house
+# copy, as .ci/run uses); else data/, where torchvision downloads CIFAR-10 on first use.
+export FAIRARD_DATA ?= $(if $(wildcard ../shared/data/cifar10/train.npz),$(abspath ../shared/data),data)
 
 .PHONY: venv test main bench clean
 
