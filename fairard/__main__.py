@@ -5,8 +5,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from . import data as D
 from .utils import provenance, resolve_device, write_json
 
@@ -43,13 +41,8 @@ def _options(pairs) -> dict:
 
 
 def load_test_images(dataset: str, root, n_per_class, device, seed=0):
-    """Test split as float [0,1] NCHW on ``device`` (optionally a class-balanced subset)."""
-    x, y = D.load_split(dataset, "test", root)
-    if n_per_class:
-        idx = D.balanced_subset(y, n_per_class, seed=seed)
-        x, y = x[idx], y[idx]
-    xt = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div_(255).contiguous()
-    return xt, torch.from_numpy(y).long().to(device)
+    """``fairard.data.test_tensors`` with the data root first, as the commands pass it."""
+    return D.test_tensors(dataset, n_per_class, device, seed, root)
 
 
 def cmd_evaluate(args) -> int:

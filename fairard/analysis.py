@@ -65,34 +65,7 @@ SMOKE_ATTACKS = ("clean", "pgd20")
 
 
 # ---------------------------------------------------------------------------------------- checks
-def as_list(value, what: str, kind=str) -> list:
-    """A list parameter: a list/tuple, a JSON-list string (what ``papermill -p`` passes, ``None`` allowed
-    for null), a comma-separated string, or one scalar; items converted to ``kind`` (str, float, int)."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text.replace("'", '"').replace("None", "null"))
-            except json.JSONDecodeError:
-                raise ValueError(f"{what}: cannot read {text!r} as a list; write e.g. '[\"a\", \"b\"]' or a,b") from None
-        else:
-            value = [v.strip() for v in text.split(",") if v.strip()]
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    out = []
-    for v in value:
-        try:
-            if kind is str:
-                ok = isinstance(v, str) and v
-            else:
-                ok = not isinstance(v, bool) and kind(v) == float(v)
-                v = kind(v)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"{what}: {v!r} is not a valid {kind.__name__}")
-        out.append(v)
-    return out
+as_list = E.as_list  # one parser for every notebook's list parameters
 
 
 def check_subset(name: str, values, valid) -> list:
@@ -249,14 +222,7 @@ def load_teacher(p: E.Profile, device="cpu", progress: bool = True) -> torch.nn.
     return load_checkpoint(model, path, map_location=device).to(device).eval()
 
 
-def test_images(dataset: str, n_per_class: int | None, device="cpu", seed: int = 0):
-    """A class-balanced slice of the test set as float [0, 1] NCHW tensors (the evaluation's subset)."""
-    x, y = D.load_split(dataset, "test")
-    if n_per_class:
-        idx = D.balanced_subset(y, n_per_class, seed=seed)
-        x, y = x[idx], y[idx]
-    xt = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div_(255).contiguous()
-    return xt, torch.from_numpy(y).long().to(device)
+test_images = D.test_tensors  # the evaluation's class-balanced test slice
 
 
 def run_labelled(p: E.Profile, arms, attacks, progress: bool = True) -> tuple[list[dict], list[dict]]:

@@ -210,6 +210,18 @@ def split_validation(y, n_val_per_class: int, seed: int | None = 0) -> tuple[np.
     return np.sort(order[~is_val]).astype(np.int64), np.sort(order[is_val]).astype(np.int64)
 
 
+def test_tensors(dataset: str = "cifar10", n_per_class: int | None = None, device="cpu", seed: int = 0,
+                 root=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split (or a class-balanced ``n_per_class`` subset) as float [0, 1] NCHW images and int64
+    labels on ``device``: what every evaluation attacks."""
+    x, y = load_split(dataset, "test", root)
+    if n_per_class:
+        idx = balanced_subset(y, n_per_class, seed=seed)
+        x, y = x[idx], y[idx]
+    xt = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div_(255).contiguous()
+    return xt, torch.from_numpy(y).long().to(device)
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     # SeedSequence mixes (seed, epoch) so nearby pairs give unrelated streams (seed*K+epoch could collide).
     words = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32)

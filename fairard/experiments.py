@@ -118,33 +118,41 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:<n>", "mps")
 
 
 # ---- parameter parsing and validation ---------------------------------------------------------------
-def _as_tuple(value, what: str, kind=str) -> tuple | None:
-    """A list parameter from a notebook: a list/tuple, a JSON list string ('["ard","foo"]', what
-    ``papermill -p`` passes), a comma-separated string ('ard,fair-ard') or one scalar. None stays None."""
-    if value is None:
-        return None
+def as_list(value, what: str, kind=str) -> list:
+    """A list parameter from a notebook: a list/tuple, a JSON-list string ('["ard","foo"]', what
+    ``papermill -p`` passes; ``None`` allowed for null), a comma-separated string ('ard,fair-ard') or
+    one scalar; items converted to ``kind`` (str, float, int; ints must be >= 0, e.g. seeds)."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith(("[", "(")):
             try:
-                value = json.loads("[" + text[1:-1].replace("'", '"') + "]")
+                value = json.loads("[" + text[1:-1].replace("'", '"').replace("None", "null") + "]")
             except json.JSONDecodeError:
-                raise ValueError(f"{what}: cannot read {value!r} as a list; write e.g. '[\"a\", \"b\"]' or a,b") from None
+                raise ValueError(f"{what}: cannot read {text!r} as a list; write e.g. '[\"a\", \"b\"]' or a,b") from None
         else:
             value = [v.strip() for v in text.split(",") if v.strip()]
     elif not isinstance(value, (list, tuple)):
         value = [value]
     out = []
     for v in value:
-        if kind is int:
-            if isinstance(v, str) and v.strip().isdigit():
-                v = int(v)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{what}: {v!r} is not a non-negative integer (seeds are 0, 1, 2, ...)")
-        elif not isinstance(v, str) or not v:
-            raise ValueError(f"{what}: {v!r} is not a name")
+        try:
+            if kind is str:
+                ok = isinstance(v, str) and v
+            else:
+                ok = not isinstance(v, bool) and kind(v) == float(v) and (kind is not int or int(v) >= 0)
+                v = kind(v)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            hint = "a non-negative integer (seeds are 0, 1, 2, ...)" if kind is int else f"a valid {kind.__name__}"
+            raise ValueError(f"{what}: {v!r} is not {hint}")
         out.append(v)
-    return tuple(dict.fromkeys(out))  # order kept, duplicates dropped
+    return out
+
+
+def _as_tuple(value, what: str, kind=str) -> tuple | None:
+    """``as_list`` as a tuple, order kept and duplicates dropped; None stays None."""
+    return None if value is None else tuple(dict.fromkeys(as_list(value, what, kind)))
 
 
 def check_models(names, what: str = "model") -> tuple:
@@ -400,15 +408,6 @@ def load_result(path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _test_tensors(dataset, n_per_class, device, seed=0):
-    x, y = D.load_split(dataset, "test")
-    if n_per_class:
-        idx = D.balanced_subset(y, n_per_class, seed=seed)
-        x, y = x[idx], y[idx]
-    xt = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div_(255).contiguous()
-    return xt, torch.from_numpy(y).long().to(device)
-
-
 def _attack_images(settings: dict, attack: str):
     """Test images per class an attack runs on: AutoAttack may use its own smaller subset."""
     return settings["eval_per_class"] if EVAL_ATTACKS[attack].batched else (settings["aa_per_class"]
@@ -438,8 +437,9 @@ def evaluate_model(model, dataset: str, settings: dict, device, progress: bool =
         groups: dict = {}
         for a in missing:
             groups.setdefault(_attack_images(settings, a), []).append(a)
+        images = functools.lru_cache(maxsize=None)(lambda n: D.test_tensors(dataset, n, device))  # read once per subset
         for per_class, group in groups.items():
-            x, y = _test_tensors(dataset, per_class, device)
+            x, y = images(per_class)
             r = evaluate(model, x, y, attacks=group, class_names=names, progress=progress, seed=settings["seed"],
                          check_large_eps=0)
             for a in group:
@@ -448,7 +448,7 @@ def evaluate_model(model, dataset: str, settings: dict, device, progress: bool =
                 if files[a] is not None:
                     write_json(files[a], done[a])
         if eps1 is None:  # the gradient-masking check: PGD at eps = 1 must leave ~0 accuracy
-            x, y = _test_tensors(dataset, n_eval, device)
+            x, y = images(n_eval)
             n = min(200, len(x))
             eps1 = {"eps1_pgd_accuracy": large_eps_accuracy(model, x[:n], y[:n], seed=settings["seed"]), "n": n}
             if eps1_file is not None:
