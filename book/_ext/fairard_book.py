@@ -30,7 +30,10 @@ from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
 REMOTE = re.compile(r"^(?:https?:)?//", re.IGNORECASE)
-CDN = re.compile(r"(?:https?:)?//[\w.-]*(?:cdn|unpkg|jsdelivr|cdnjs)[\w.-]*/", re.IGNORECASE)
+# A CDN address in a script body. The look-behind skips base64 payloads (widget state holds PNGs as
+# base64, whose random "//...cdn.../" runs are not addresses): an address starts after a quote, a
+# bracket, '=' or whitespace, never right after a base64 character.
+CDN = re.compile(r"(?<![A-Za-z0-9+/=])(?:https?:)?//[\w.-]*(?:cdn|unpkg|jsdelivr|cdnjs)[\w.-]*/", re.IGNORECASE)
 VENDOR_DIR = "_vendor"
 
 
