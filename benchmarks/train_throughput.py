@@ -19,11 +19,15 @@ Fair-ARD / Fair-RSLAD scripts, not copied from them):
 * the teacher's forward on clean x (under no_grad); Fair-ARD attacks with the student's CE in
   train mode (uniform start), Fair-RSLAD with KL to the teacher's softmax in eval mode
   (x + 0.001 N(0, I) start);
-* each sample's loss multiplied by its class weight in a Python loop over the batch, divided by B;
+* a train-mode student forward on clean x besides the one on x' (both scripts have it; Fair-ARD's
+  clean cross-entropy is weighted 1 - alpha = 0 but still computed and backpropagated);
+* the loss computed sample by sample in a Python loop over the batch, each sample's terms on its own
+  logit rows and multiplied by its class weight, then summed and divided by B
+  (``official_weighted_loss``; tests/test_benchmarks.py checks it equals fairard's weighted loss);
 * per-class kappa summed per epoch and turned into the next epoch's class weights.
 
-Being charitable to the baseline, it reuses the step's forward for kappa (no extra forward) and
-runs the teacher under no_grad. It is timed over the same number of images as our epoch, after
+As in the official scripts, kappa is counted on the forward each attack step needs anyway (no
+extra forward) and the teacher builds no graph (frozen parameters / no_grad). It is timed over the same number of images as our epoch, after
 ``--baseline-warmup`` discarded batches. Both use the same models (fairard's nets), the same
 teacher weights (random: throughput does not depend on them; saved to a temporary file because
 Trainer loads a teacher by path), the same class-balanced subset, batch size and SGD settings.
@@ -155,6 +159,35 @@ class LoopPGD:
         return x_adv.detach(), kappa
 
 
+def official_weighted_loss(method: str, adv_logits, clean_logits, teacher_logits, y, class_weight, *,
+                           tau: float = 30.0, alpha: float = 1.0):
+    """The batch loss of the official Fair-ARD / Fair-RSLAD scripts, in their structure: a Python loop over
+    the batch that computes each sample's terms on its own rows and multiplies them by the class weight.
+
+    Fair-ARD: alpha * tau^2 * mean_i w_yi KL_mean(sigma_tau(T(x_i)) || sigma_tau(S(x'_i)))
+    + (1 - alpha) * mean_i w_yi CE(S(x_i), y_i). The script computes the clean term even at alpha = 1, so its
+    forward and (zero) backward are part of every step. Fair-RSLAD: 5/6 and 1/6 of the class-weighted
+    element-wise p_T (log(p_T + 1e-5) - log p_S), summed over the batch / B and averaged over classes.
+    Equal to fairard's ``ard`` / ``rslad`` per-sample loss times the weights, averaged over the batch
+    (tests/test_benchmarks.py)."""
+    n = len(y)
+    if method == "fair-ard":
+        kl_terms, ce_terms = [], []
+        for i in range(n):
+            log_q = F.log_softmax(adv_logits[i] / tau, dim=0)
+            p = F.softmax(teacher_logits[i] / tau, dim=0)
+            kl_terms.append(F.kl_div(log_q, p, reduction="none").mean() * class_weight[y[i]])  # KLDivLoss() default: mean over C
+            ce_terms.append(F.cross_entropy(clean_logits[i].unsqueeze(0), y[i].unsqueeze(0)) * class_weight[y[i]])
+        kl, ce = torch.stack(kl_terms).sum() / n, torch.stack(ce_terms).sum() / n
+        return alpha * tau * tau * kl + (1 - alpha) * ce
+    adv_terms, nat_terms = [], []
+    for i in range(n):
+        p = F.softmax(teacher_logits[i].detach(), dim=0)
+        adv_terms.append(p * (torch.log(p + 1e-5) - F.log_softmax(adv_logits[i], dim=0)) * class_weight[y[i]])
+        nat_terms.append(p * (torch.log(p + 1e-5) - F.log_softmax(clean_logits[i], dim=0)) * class_weight[y[i]])
+    return 5 / 6 * (sum(adv_terms) / n).mean() + 1 / 6 * (sum(nat_terms) / n).mean()
+
+
 class Baseline:
     """Official-script-style Fair-ARD / Fair-RSLAD training loop (see the module docstring)."""
 
@@ -172,16 +205,10 @@ class Baseline:
         self.class_weight = torch.ones(num_classes, device=device)
         self.batches_per_epoch = len(self.loader)
 
-    def per_sample_loss(self, x, y, x_adv, teacher_logits):
-        if self.method == "fair-ard":
-            t = self.tau  # alpha = 1: tau^2 * KL(sigma_t(T(x)) || sigma_t(S(x'))) / C per sample
-            log_q = F.log_softmax(self.student(x_adv) / t, dim=1)
-            p = F.softmax(teacher_logits / t, dim=1)
-            return t * t * F.kl_div(log_q, p, reduction="none").sum(1) / self.num_classes
-        p = F.softmax(teacher_logits, dim=1)  # RSLAD: 5/6 KL(T(x)||S(x')) + 1/6 KL(T(x)||S(x)), /C, log(p+1e-5)
-        kl_adv = (p * (torch.log(p + 1e-5) - F.log_softmax(self.student(x_adv), dim=1))).mean(1)
-        kl_nat = (p * (torch.log(p + 1e-5) - F.log_softmax(self.student(x), dim=1))).mean(1)
-        return 5 / 6 * kl_adv + 1 / 6 * kl_nat
+    def weighted_loss(self, adv_logits, clean_logits, teacher_logits, y):
+        """The official scripts' batch loss: each sample's terms computed and class-weighted in a Python loop."""
+        return official_weighted_loss(self.method, adv_logits, clean_logits, teacher_logits, y, self.class_weight,
+                                      tau=self.tau)
 
     def run(self, max_batches: int | None = None) -> int:
         """One pass over the loader (or its first ``max_batches``); returns the images trained on."""
@@ -201,11 +228,9 @@ class Baseline:
                 self.student.eval()
                 x_adv, kappa = self.attack(inputs, targets, F.softmax(teacher_logits, dim=1))
             self.student.train()
-            per_sample = self.per_sample_loss(inputs, targets, x_adv, teacher_logits)
-            loss = 0
-            for i in range(len(targets)):
-                loss = loss + self.class_weight[targets[i]] * per_sample[i]
-            loss = loss / len(targets)
+            adv_logits = self.student(x_adv)
+            clean_logits = self.student(inputs)  # both official scripts run it (Fair-ARD's even at alpha = 1)
+            loss = self.weighted_loss(adv_logits, clean_logits, teacher_logits, targets)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()

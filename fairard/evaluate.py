@@ -42,9 +42,12 @@ EVAL_ATTACKS: dict[str, EvalAttack] = {
     "pgd20": EvalAttack("PGD-20 (CE), step 2/255, uniform start", _pgd20("ce")),
     "cw20": EvalAttack("CW-inf: PGD-20 on the margin loss (confidence 50), step 2/255", _pgd20("cw")),
     "aa": EvalAttack("AutoAttack standard (fra31: APGD-CE, APGD-T, FAB-T, Square; 100 iterations)",
-                     lambda m, x, y, eps, g: autoattack(m, x, y, eps=eps), batched=False),
+                     lambda m, x, y, eps, g, verbose=True: autoattack(m, x, y, eps=eps, verbose=verbose),
+                     batched=False),
     "aa10": EvalAttack("AutoAttack with 10-step APGD/APGD-T/FAB (the torchattacks>=3.3 budget)",
-                       lambda m, x, y, eps, g: autoattack(m, x, y, eps=eps, n_iter=10), batched=False),
+                       lambda m, x, y, eps, g, verbose=True: autoattack(m, x, y, eps=eps, n_iter=10,
+                                                                        verbose=verbose),
+                       batched=False),
 }
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd20", "cw20", "aa")
 
@@ -75,8 +78,9 @@ def predict_under_attack(model, x, y, attack: str, *, eps=8 / 255, batch_size=25
     """Predicted labels (N,) of ``model`` on ``attack(x)``, computed batch by batch."""
     spec = EVAL_ATTACKS[check_attacks([attack])[0]]
     with eval_mode(model):
-        if not spec.batched:
-            return spec.run(model, x, y, eps, None).to(y.device)
+        if not spec.batched:  # AutoAttack: its own log is the progress display (quiet with a disabled bar)
+            verbose = progress is None or not getattr(progress, "disable", False)
+            return spec.run(model, x, y, eps, None, verbose=verbose).to(y.device)
         generator = torch.Generator(device=x.device).manual_seed(seed)
         preds = []
         for start in range(0, len(x), batch_size):

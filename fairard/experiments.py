@@ -710,6 +710,25 @@ def metric(result: dict, attack: str, what: str = "accuracy") -> float:
     return result["evaluation"]["attacks"][attack][what]
 
 
+def floor_note(results, attack: str, *, low: float = 0.05) -> str:
+    """A warning sentence when ``results`` cannot show a class weighting's effect under ``attack``: every
+    run's worst class is at 0 %, or most runs average below ``low``; "" otherwise."""
+    results = list({r.get("key", id(r)): r for r in results}.values())  # an arm shared by two sweeps counts once
+    if not results:
+        return ""
+    worst = [metric(r, attack, "worst_class_accuracy") for r in results]
+    weak = sum(metric(r, attack, "accuracy") < low for r in results)
+    if not any(worst):
+        return (f"Under {attack} the worst class is at 0 % in every one of the {len(results)} runs here, and "
+                f"{weak} of them average below {100 * low:.0f} %: a floor. No difference between these runs can "
+                "show on the worst class at this scale; differences can show in the averages and the clean "
+                "columns, and the worst class needs the `paper` profile (or a recorded GPU run).")
+    if 2 * weak > len(results):
+        return (f"{weak} of the {len(results)} runs average below {100 * low:.0f} % under {attack}: their worst "
+                "class and NSD are close to a floor and say little.")
+    return ""
+
+
 def _mean_std(vals) -> tuple[float, float]:
     mean = sum(vals) / len(vals)
     return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
@@ -932,14 +951,16 @@ def inheritance_markdown(rows) -> str:
                 "Spearman ρ vs teacher"], body)
 
 
-def inheritance_verdict(rows, attack: str) -> str:
-    """Plain words: do students keep the teacher's class ranking, and its fairness (NSD, worst class)?"""
+def inheritance_verdict(rows, attack: str, *, weak_below: float = 0.05, nsd_tolerance: float = 0.05) -> str:
+    """Plain words: do students keep the teacher's class ranking, and its fairness (NSD, worst class)?
+
+    A student is "less fair" when its NSD exceeds the teacher's by more than ``nsd_tolerance`` (relative),
+    "fairer" when it is that much below. Students averaging below ``weak_below`` are left out of the
+    conclusion: NSD = std / mean explodes as the mean goes to 0, so they are "unfair" by construction."""
     t, students = rows[0], rows[1:]
     if not students:
         return "No student was run."
     rho = [r["spearman"] for r in students if r["spearman"] == r["spearman"]]
-    more_unfair = [r["method"] for r in students if r["nsd"] > t["nsd"]]
-    lower_worst = [r["method"] for r in students if r["worst"] < t["worst"]]
     if rho:
         m = sum(rho) / len(rho)
         strength = "strongly" if m >= 0.7 else "moderately" if m >= 0.4 else "weakly"
@@ -947,21 +968,39 @@ def inheritance_verdict(rows, attack: str) -> str:
                 f"(Spearman ρ {min(rho):.2f} to {max(rho):.2f}, mean {m:.2f}): they inherit which classes are hard.")
     else:
         rank = "The correlation is undefined here (constant class accuracies): nothing can be said about ranking."
-    fair = (f" {len(more_unfair)} of {len(students)} students are less fair than the teacher (higher NSD; "
-            f"teacher {t['nsd']:.3f}) and {len(lower_worst)} of {len(students)} have a lower worst class "
-            f"(teacher {100 * t['worst']:.1f} % on {t['worst_class']}).")
-    if len(more_unfair) == len(students):
-        end = " This matches the paper's observation that students inherit the teacher's robust fairness only partially."
-    elif not more_unfair:
-        end = " At this scale the students are not less fair than the teacher, unlike what the paper reports."
+
+    def relative(r):
+        return f"{100 * (r['nsd'] / t['nsd'] - 1):+.0f} %" if t["nsd"] and r["nsd"] == r["nsd"] else "n/a"
+
+    fair = (f" NSD (lower is fairer): teacher {t['nsd']:.3f}; "
+            + ", ".join(f"{r['method']} {r['nsd']:.3f} ({relative(r)})" for r in students) + ". "
+            f"Worst class: teacher {100 * t['worst']:.1f} % ({t['worst_class']}); "
+            + ", ".join(f"{r['method']} {100 * r['worst']:.1f} % ({r['worst_class']})" for r in students) + ".")
+    measured = [r for r in students if r["mean"] >= weak_below]
+    weak = [r["method"] for r in students if r["mean"] < weak_below]
+    more = [r for r in measured if r["nsd"] > t["nsd"] * (1 + nsd_tolerance)]
+    less = [r for r in measured if r["nsd"] < t["nsd"] * (1 - nsd_tolerance)]
+    if not measured:
+        end = (f" Every student is below {100 * weak_below:.0f} % on average: this run cannot test the paper's "
+               "observation.")
+    elif len(more) == len(measured):
+        end = (f" {len(more)} of {len(measured)} measurable students are less fair than the teacher (NSD more than "
+               f"{100 * nsd_tolerance:.0f} % higher): this matches the paper's observation that students inherit the "
+               "teacher's robust fairness only partially.")
+    elif not more and not less:
+        end = (f" The measurable students are about as fair as the teacher (NSD within ±{100 * nsd_tolerance:.0f} %): "
+               "by NSD, the partial inheritance the paper reports does not show here.")
+    elif not more:
+        end = " The measurable students are at least as fair as the teacher, unlike what the paper reports."
     else:
-        end = " The picture is mixed at this scale."
+        end = (f" The picture is mixed: {len(more)} of {len(measured)} measurable students are less fair than the "
+               f"teacher, {len(less)} fairer.")
     n_seeds = min(len(r["seeds"]) for r in students)
     caveat = (f" ({n_seeds} seed(s) per method, {len(t['per_class'])} classes: descriptive, not a significance test.)")
-    weak = [r["method"] for r in students if r["mean"] < 0.05]
-    if weak:  # NSD = std / mean explodes as the mean goes to 0: a near-zero student is "unfair" by construction
-        caveat += (f" {len(weak)} of {len(students)} students ({', '.join(weak)}) are below 5 % on average under "
-                   f"{attack}: their NSD and ranking rest on one or two classes and say little about inheritance.")
+    if weak:
+        caveat += (f" {len(weak)} of {len(students)} students ({', '.join(weak)}) are below {100 * weak_below:.0f} % on "
+                   f"average under {attack}: their NSD and ranking rest on one or two classes and say little about "
+                   "inheritance, so the conclusion leaves them out.")
     return rank + fair + end + caveat
 
 

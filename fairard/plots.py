@@ -1,5 +1,5 @@
 """Matplotlib figures for the notebooks: per-class robustness of teacher and students, paired seeds of
-the headline comparison, a mean ± std table, class-weight trajectories, teacher ↔ student scatter and
+the headline comparison, a mean ± std dot plot, class-weight trajectories, teacher ↔ student scatter and
 the capacity-gap curves.
 
 Every function takes results as ``fairard.experiments`` returns them, draws one figure with pyplot (so a
@@ -15,10 +15,12 @@ import numpy as np
 
 from . import experiments as E
 
-__all__ = ["per_class_bars", "per_class_heatmap", "paired_seeds", "summary_table_figure",
+__all__ = ["per_class_bars", "per_class_heatmap", "paired_seeds", "summary_figure",
            "class_weight_trajectories", "teacher_student_scatter", "per_class_lines", "capacity_curves"]
 
 _TEACHER_COLOR = "0.25"
+EVAL_TITLES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw20": "CW∞ (PGD-20)", "aa": "AutoAttack",
+               "aa10": "AutoAttack, 10 steps"}
 
 
 def _finish(fig, title: str, caption: str):
@@ -115,18 +117,28 @@ def paired_seeds(results, pairs, attacks=("pgd20", "aa"), *, what: str = "worst_
     return _finish(fig, f"Base method vs its Fair-* version, per seed ({student}; black: mean)", caption)
 
 
-def summary_table_figure(rows, attacks, whats=("accuracy", "worst_class_accuracy"), *, caption: str = ""):
-    """``summarize_runs`` rows drawn as a table (mean ± std, %; NSD as a ratio), for the book's figures."""
-    text = E.markdown_table(rows, attacks, whats).splitlines()
-    head = [c.strip() for c in text[0].strip("|").split("|")]
-    body = [[c.strip() for c in line.strip("|").split("|")] for line in text[2:]]
-    fig, ax = plt.subplots(figsize=(min(2 + 1.25 * len(head), 20), 0.32 * len(body) + 1.0))
-    ax.axis("off")
-    table = ax.table(cellText=body, colLabels=head, loc="center", cellLoc="center")
-    table.auto_set_font_size(False)
-    table.set_fontsize(7)
-    table.scale(1, 1.25)
-    return _finish(fig, "Average and worst-class accuracy (%), mean ± std over seeds", caption)
+def summary_figure(rows, attacks, *, caption: str = ""):
+    """``summarize_runs`` rows as a dot plot, one panel per attack: each method's average accuracy
+    (filled) and worst-class accuracy (hollow), mean over seeds with the seed std as error bars."""
+    attacks = list(attacks)
+    labels = [f"{r['method']} ({r['student']})" for r in rows]
+    y = np.arange(len(rows))[::-1]
+    fig, axes = plt.subplots(1, len(attacks), figsize=(2.1 + 2.3 * len(attacks), 0.32 * len(rows) + 1.6),
+                             sharey=True, squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        for what, marker, fill, shift in (("accuracy", "o", True, 0.12), ("worst_class_accuracy", "v", False, -0.12)):
+            mean = np.array([100 * r[f"{attack}/{what}"][0] for r in rows])
+            std = np.array([100 * r[f"{attack}/{what}"][1] for r in rows])
+            ax.errorbar(mean, y + shift, xerr=std, fmt=marker, color="C0", mfc="C0" if fill else "none",
+                        ms=5, capsize=2, lw=0.8, label="average" if fill else "worst class")
+        ax.set_title(EVAL_TITLES.get(attack, attack), fontsize=9)
+        ax.set_xlabel("accuracy (%)", fontsize=8)
+        ax.set_xlim(left=-2)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_yticks(y, labels)
+    axes[0][0].legend(fontsize=7, loc="best")
+    return _finish(fig, "Average (filled) and worst-class (hollow) accuracy, mean ± std over seeds", caption)
 
 
 def class_weight_trajectories(result: dict, *, caption: str = ""):

@@ -349,8 +349,11 @@ def test_gap_table_and_figure():
              "attack": "pgd20"}
     table = A.gap_table(study)
     assert "| KD | resnet8 | 0 | 1.0000 ± 0.0000 | 0.50 ± 0.00 | 0.200 ± 0.000 | 10.0 ± 0.0 |" in table
-    assert A.kdiga_glue(study) == {"kdiga_kd_resnet8_gap": 1.0, "kdiga_kd_resnet8_cos": 0.2,
-                                   "kdiga_kdiga_resnet8_gap": 0.5, "kdiga_kdiga_resnet8_cos": 0.7}
+    glue = A.kdiga_glue(study)
+    assert glue["kdiga_kd_resnet8_gap"] == glue["kdiga_kd_gap"] == 1.0 and glue["kdiga_kd_cos"] == 0.2
+    assert glue["kdiga_kdiga_gap"] == 0.5 and glue["kdiga_kdiga_cos"] == 0.7
+    assert glue["kdiga_kd_gap_rel"] == 0.5 and glue["kdiga_kdiga_gap_rel"] == 0.25  # over the teacher's norm (2)
+    assert glue["kdiga_kd_pgd20_avg"] == 10.0 and glue["kdiga_kdiga_resnet8_pgd20_worst"] == 30.0
     assert len(A.kdiga_figure(study).axes) == 2
 
 

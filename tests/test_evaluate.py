@@ -86,3 +86,15 @@ def test_autoattack_rejects_bad_input(tiny_problem):
     with pytest.raises(ValueError, match="eval mode"):
         autoattack(model, x, y, attacks=["apgd-ce"])
     model.eval()
+
+
+def test_autoattack_log_follows_progress(tiny_problem, capfd):
+    """The AutoAttack log is the progress display of an `aa` evaluation: shown by default, silent with
+    progress=False (the book's setting), and the robust accuracy is the same either way."""
+    model, x, y = tiny_problem
+    x, y = x[:20], y[:20]
+    quiet = E.evaluate(model, x, y, attacks=["aa10"], class_names=NAMES, progress=False, check_large_eps=0)
+    assert "[autoattack]" not in capfd.readouterr().err
+    loud = E.evaluate(model, x, y, attacks=["aa10"], class_names=NAMES, progress=True, check_large_eps=0)
+    assert "[autoattack] robust accuracy" in capfd.readouterr().err
+    assert quiet["attacks"]["aa10"]["per_class"] == loud["attacks"]["aa10"]["per_class"]

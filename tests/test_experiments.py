@@ -285,10 +285,19 @@ def test_correlations_and_inheritance_rows():
     assert [r["method"] for r in rows] == ["teacher (pgd_at)", "ard", "iad"]
     assert rows[1]["worst_class"] == "automobile" and rows[1]["spearman"] == pytest.approx(1.0)
     verdict = E.inheritance_verdict(rows, "pgd20")
-    assert "2 of 2 students are less fair" in verdict and "only partially" in verdict
+    assert "2 of 2 measurable students are less fair" in verdict and "only partially" in verdict
     assert "say little" not in verdict
+    assert f"ard {rows[1]['nsd']:.3f} (+{100 * (rows[1]['nsd'] / rows[0]['nsd'] - 1):.0f} %)" in verdict
     weak = E.inheritance_rows([fake("ard", 0, [0.0, 0.0, 0.06])], teacher, "pgd20")
-    assert "1 of 1 students (ard) are below 5 %" in E.inheritance_verdict(weak, "pgd20")
+    weak_verdict = E.inheritance_verdict(weak, "pgd20")
+    assert "1 of 1 students (ard) are below 5 %" in weak_verdict and "cannot test" in weak_verdict
+    assert "only partially" not in weak_verdict  # a near-zero student is "unfair" by construction: no conclusion
+    # NSD within the tolerance of the teacher's: "about as fair", not "less fair"
+    close = E.inheritance_rows([fake("ard", 0, [0.41, 0.2, 0.6])], teacher, "pgd20")
+    assert "about as fair as the teacher" in E.inheritance_verdict(close, "pgd20")
+    mixed = E.inheritance_rows([fake("ard", 0, [0.3, 0.05, 0.5]), fake("iad", 0, [0.4, 0.35, 0.45])], teacher, "pgd20")
+    assert "mixed: 1 of 2 measurable students are less fair than the teacher, 1 fairer" in \
+        E.inheritance_verdict(mixed, "pgd20")
     assert "| ard | resnet8 | 0 |" in E.inheritance_markdown(rows)
 
 
@@ -327,7 +336,7 @@ def test_figures_draw_on_degenerate_results():
     figs = [plots.per_class_bars(results, teacher, "pgd20", caption="c"),
             plots.per_class_heatmap(results, teacher, "pgd20"),
             plots.paired_seeds(results, [("ard", "fair-ard")], ["pgd20", "aa"]),
-            plots.summary_table_figure(E.summarize_runs(results, ["pgd20"]), ["pgd20"]),
+            plots.summary_figure(E.summarize_runs(results, ["pgd20"]), ["pgd20"]),
             plots.class_weight_trajectories(results[-1]),
             plots.teacher_student_scatter(results, teacher, "pgd20"),
             plots.per_class_lines(results, teacher, "pgd20"),
@@ -371,3 +380,13 @@ def test_provenance_names_the_cpu_model_for_captions():
     assert prov["device"] == "cpu" and prov["device_name"].startswith(cpu_model())
     assert prov["device_name"].endswith(f"({__import__('os').cpu_count()} cores)") and cpu_model()
     assert prov["versions"]["torch"] and prov["git_commit"]
+
+
+def test_floor_note_only_when_the_worst_class_cannot_move():
+    floored = [fake("ard", s, [0.0, 0.02, 0.01]) for s in range(3)]
+    note = E.floor_note(floored, "pgd20")
+    assert "0 % in every one of the 3 runs" in note and "3 of them average below 5 %" in note
+    assert E.floor_note(_worst("ard", [0.0, 0.1, 0.0]), "pgd20") == ""  # one run off the floor, averages > 5 %
+    weak = [fake("ard", s, [0.01, 0.02, 0.03 + 0.01 * s]) for s in range(3)]
+    assert "3 of the 3 runs average below 5 %" in E.floor_note(weak, "pgd20")
+    assert E.floor_note([], "pgd20") == ""

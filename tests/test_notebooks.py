@@ -96,6 +96,16 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_valid_with_unique_cell_ids(path):
+    """nbformat 4.5 cells need ids (a missing one is a warning today, an error in future nbformat)."""
+    raw = json.loads(path.read_text())
+    ids = [c.get("id") for c in raw["cells"]]
+    assert None not in ids, f"{path.name}: cells {[i for i, c in enumerate(ids) if c is None]} have no id"
+    assert len(set(ids)) == len(ids), f"{path.name}: duplicate cell ids"
+    nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_at_smoke_and_shows_a_table_and_a_figure(path, execute):
     _parameter_names(path)  # exactly one parameters cell
     nb = execute(path, profile="smoke")
