@@ -635,7 +635,8 @@ def kdiga_glue(study: dict, attack: str | None = None) -> dict[str, float]:
     """Numbers for the book, per method and student: the mean input-gradient gap (absolute and relative to
     the teacher's gradient norm), the cosine, and the mean average / worst-class accuracy (%) under
     ``attack``. Names carry the student (``kdiga_kd_resnet8_gap``); the first student's numbers are also
-    glued without it (``kdiga_kd_gap``), so the book cites them for any profile."""
+    glued without it (``kdiga_kd_gap``), so the book cites them for any profile. ``*_avg_std`` is the
+    seed-to-seed std of the average."""
     attack = attack or study.get("attack") or headline_attack(study["attacks"])
     groups = _group(study["gaps"])
     first = next(iter(groups), (None, None))[1]
@@ -652,6 +653,7 @@ def kdiga_glue(study: dict, attack: str | None = None) -> dict[str, float]:
         put(method, student, "cos", round(_mean_std([r["cosine"] for r in rows])[0], 4))
     for row in E.summarize_runs(study["results"], [attack], ("accuracy", "worst_class_accuracy")):
         put(row["method"], row["student"], f"{attack}_avg", round(100 * row[f"{attack}/accuracy"][0], 2))
+        put(row["method"], row["student"], f"{attack}_avg_std", round(100 * row[f"{attack}/accuracy"][1], 2))
         put(row["method"], row["student"], f"{attack}_worst", round(100 * row[f"{attack}/worst_class_accuracy"][0], 2))
     return out
 

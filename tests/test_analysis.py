@@ -354,6 +354,7 @@ def test_gap_table_and_figure():
     assert glue["kdiga_kdiga_gap"] == 0.5 and glue["kdiga_kdiga_cos"] == 0.7
     assert glue["kdiga_kd_gap_rel"] == 0.5 and glue["kdiga_kdiga_gap_rel"] == 0.25  # over the teacher's norm (2)
     assert glue["kdiga_kd_pgd20_avg"] == 10.0 and glue["kdiga_kdiga_resnet8_pgd20_worst"] == 30.0
+    assert glue["kdiga_kd_pgd20_avg_std"] == 0.0  # one seed per method here
     assert len(A.kdiga_figure(study).axes) == 2
 
 
