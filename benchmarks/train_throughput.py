@@ -205,11 +205,6 @@ class Baseline:
         self.class_weight = torch.ones(num_classes, device=device)
         self.batches_per_epoch = len(self.loader)
 
-    def weighted_loss(self, adv_logits, clean_logits, teacher_logits, y):
-        """The official scripts' batch loss: each sample's terms computed and class-weighted in a Python loop."""
-        return official_weighted_loss(self.method, adv_logits, clean_logits, teacher_logits, y, self.class_weight,
-                                      tau=self.tau)
-
     def run(self, max_batches: int | None = None) -> int:
         """One pass over the loader (or its first ``max_batches``); returns the images trained on."""
         class_kappa = torch.zeros(self.num_classes)
@@ -230,7 +225,8 @@ class Baseline:
             self.student.train()
             adv_logits = self.student(x_adv)
             clean_logits = self.student(inputs)  # both official scripts run it (Fair-ARD's even at alpha = 1)
-            loss = self.weighted_loss(adv_logits, clean_logits, teacher_logits, targets)
+            loss = official_weighted_loss(self.method, adv_logits, clean_logits, teacher_logits, targets,
+                                          self.class_weight, tau=self.tau)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()

@@ -465,13 +465,6 @@ def evaluate_model(model, dataset: str, settings: dict, device, progress: bool =
             "sanity": {"warnings": warnings, "eps1_pgd_accuracy": eps1["eps1_pgd_accuracy"]}}
 
 
-def _epoch_seconds(out: Path) -> float:
-    """Training time of a run, summed from its per-epoch log (resumed runs included)."""
-    log = out / "log.jsonl"
-    return sum(json.loads(line).get("seconds", 0.0) for line in log.read_text().splitlines() if line.strip()) \
-        if log.exists() else 0.0
-
-
 def run(cfg: TrainConfig, *, attacks=None, profile: Profile | None = None, progress: bool = True) -> dict:
     """Train (or resume, or reuse) ``cfg`` and evaluate it per class; returns the result dict.
 
@@ -510,7 +503,8 @@ def run(cfg: TrainConfig, *, attacks=None, profile: Profile | None = None, progr
         "eval_settings": settings, "evaluation": evaluation,
         "class_weights_history": [h.get("class_weights") for h in log],
         "kappa_history": [h.get("class_stats", {}).get("kappa") for h in log],
-        "train_seconds": _epoch_seconds(out), "eval_seconds": sum(evaluation["seconds"].values()),
+        "train_seconds": sum(h.get("seconds", 0.0) for h in log),  # all epochs, resumed runs included
+        "eval_seconds": sum(evaluation["seconds"].values()),
         "provenance": provenance(device), "dataset_note": dataset_note(cfg.dataset),
     }
     write_json(target, result)

@@ -19,7 +19,7 @@ __all__ = ["per_class_bars", "per_class_heatmap", "paired_seeds", "summary_figur
            "class_weight_trajectories", "teacher_student_scatter", "per_class_lines", "capacity_curves"]
 
 _TEACHER_COLOR = "0.25"
-EVAL_TITLES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw20": "CW∞ (PGD-20)", "aa": "AutoAttack",
+_ATTACK_TITLES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw20": "CW∞ (PGD-20)", "aa": "AutoAttack",
                "aa10": "AutoAttack, 10 steps"}
 
 
@@ -131,7 +131,7 @@ def summary_figure(rows, attacks, *, caption: str = ""):
             std = np.array([100 * r[f"{attack}/{what}"][1] for r in rows])
             ax.errorbar(mean, y + shift, xerr=std, fmt=marker, color="C0", mfc="C0" if fill else "none",
                         ms=5, capsize=2, lw=0.8, label="average" if fill else "worst class")
-        ax.set_title(EVAL_TITLES.get(attack, attack), fontsize=9)
+        ax.set_title(_ATTACK_TITLES.get(attack, attack), fontsize=9)
         ax.set_xlabel("accuracy (%)", fontsize=8)
         ax.set_xlim(left=-2)
         ax.grid(axis="x", alpha=0.3)
