@@ -83,6 +83,17 @@ def book_html(book_env) -> Path:
     return HTML
 
 
+def test_rebuild_with_nothing_changed_executes_nothing(book_html, book_env):
+    """A second build (same sources, profile and package) runs no notebook: every one is up to date."""
+    cmd = [sys.executable, str(REPO / "book" / "build.py"), "--profile", "smoke", "--strict", "--out", str(STAGE)]
+    proc = subprocess.run(cmd, cwd=REPO, env=book_env, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "executing with profile" not in log, log[-4000:]
+    notebooks = sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
+    assert sorted(re.findall(r"\[book\] ([\w-]+\.ipynb): up to date", log)) == notebooks, log[-4000:]
+
+
 def test_toc_lists_every_notebook():
     toc = (REPO / "book" / "_toc.yml").read_text()
     listed = set(re.findall(r"file:\s*executed/([\w-]+)", toc))
