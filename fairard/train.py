@@ -18,6 +18,7 @@ class weights are recomputed, and only rank 0 writes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -35,10 +36,14 @@ from . import data as D
 from .attacks import as_radius, pgd, start_point
 from .fairness import ClassStats, FairWeighting
 from .methods import AttackConfig, Forward, get_method
-from .models import build_model, load_checkpoint
+from .models import build_model, folded_batchnorm, load_checkpoint, set_batchnorm_folding
 from .utils import provenance, resolve_device, save_torch, write_json
 
 SYNC_EVERY = 50  # steps between host syncs for the divergence check
+# Part of every run key. Raised when the training arithmetic changes so that a cached run or a checkpoint
+# from older code is retrained instead of reused or resumed. 2: BatchNorm folded into the convolutions
+# of the frozen teachers and of eval-mode training attacks (models.conv_bn).
+TRAINING_ARITHMETIC = 2
 LR_SCHEDULES = ("step", "official_single_decay")
 AMP_MODES = ("auto", "bf16", "off")
 
@@ -104,6 +109,7 @@ class TrainConfig:
     def key(self) -> str:
         """Hash of the configuration; the device and the data root do not enter (amp does: it changes the numbers)."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("device", "data_root")}
+        d["training_arithmetic"] = TRAINING_ARITHMETIC
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -132,9 +138,11 @@ def default_amp(device: torch.device) -> bool:
 
 
 def _freeze(model):
+    """A teacher: eval mode, no parameter gradients, BatchNorm folded into its convolutions for speed."""
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    set_batchnorm_folding(model, True)
     return model
 
 
@@ -309,10 +317,13 @@ class Trainer:
     def _attack(self, f: Forward, x_start, eps, spec, probe: bool):
         """Run the training attack from ``x_start``; returns (x_adv, kappa)."""
         steps = self.cfg.attack_steps if self.cfg.attack_steps is not None else spec.steps
-        self.student.train(spec.student_mode == "train")
-        target = self.method.attack_target(f) if spec.loss == "kl" and not probe else None
-        x_adv, kappa = pgd(self.student, f.x, f.y, eps=eps, step_size=spec.step_size, steps=steps, loss=spec.loss,
-                           target_probs=target, return_kappa=True, x_start=x_start)
+        eval_mode = spec.student_mode == "eval"
+        self.student.train(not eval_mode)
+        # An eval-mode attack folds BatchNorm into the convolutions (conv_bn): ~20% faster per step.
+        with folded_batchnorm(self.student) if eval_mode else contextlib.nullcontext():
+            target = self.method.attack_target(f) if spec.loss == "kl" and not probe else None
+            x_adv, kappa = pgd(self.student, f.x, f.y, eps=eps, step_size=spec.step_size, steps=steps, loss=spec.loss,
+                               target_probs=target, return_kappa=True, x_start=x_start)
         self.student.train()
         return x_adv, kappa
 

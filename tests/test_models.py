@@ -303,3 +303,89 @@ def test_missing_checkpoint_file(tmp_path):
     path = tmp_path / "nope.pt"
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_checkpoint("resnet8", path)
+
+
+# ---------------------------------------------------------------- CPU fast paths (bit-identical ReLU, BN folding)
+def test_bf16_relu_equals_torch_relu_forward_and_backward():
+    from fairard.models import _common
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last).to(torch.bfloat16)
+    x[0, 0, 0, :4] = torch.tensor([0.0, -0.0, float("inf"), -float("inf")])
+    grad = torch.randn(4, 16, 8, 8).to(torch.bfloat16)  # NCHW: a different memory format than x
+    outs, grads = [], []
+    for fn in (torch.nn.functional.relu, _common.relu):
+        xi = x.clone().requires_grad_(True)
+        out = fn(xi)
+        (g,) = torch.autograd.grad(out, xi, grad)
+        outs.append(out)
+        grads.append(g)
+    assert torch.equal(outs[0], outs[1])  # equal values (a -0.0 comes out as +0.0)
+    assert torch.equal(grads[0], grads[1])
+    nans = torch.tensor([float("nan"), -float("nan"), 1.0]).to(torch.bfloat16)  # x86's default NaN is negative
+    assert _common.relu(nans).isnan().tolist() == [True, True, False]  # a diverged run is not hidden
+    assert grads[1].is_contiguous(memory_format=torch.channels_last)  # the mask's format, not the gradient's
+    # global average pooling hands back an expanded (stride-0) gradient: same values as torch's
+    xi = x.clone().requires_grad_(True)
+    (g_pool,) = torch.autograd.grad(_common.relu(xi).mean((2, 3)).sum(), xi)
+    xr = x.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(torch.relu(xr).mean((2, 3)).sum(), xr)
+    assert torch.equal(g_pool, g_ref)
+
+
+def test_bf16_relu_supports_double_backprop():
+    """KDIGA differentiates an input gradient (create_graph=True): the fast path must stay differentiable."""
+    from fairard.models import _common
+    torch.manual_seed(0)
+    w = torch.randn(6, 6, dtype=torch.bfloat16, requires_grad=True)
+    x = torch.randn(5, 6, dtype=torch.bfloat16, requires_grad=True)
+    results = []
+    for fn in (torch.relu, _common.relu):
+        (gx,) = torch.autograd.grad(fn(x @ w).float().sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad(gx.float().pow(2).sum(), w)
+        results.append(gw)
+    assert results[0].abs().sum() > 0
+    assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18", "mobilenet_v2"])
+def test_folded_batchnorm_equals_eval_mode_and_is_scoped(name):
+    from fairard.models import folded_batchnorm
+    torch.manual_seed(0)
+    model = build_model(name)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):  # non-trivial running statistics
+            model(torch.rand(16, 3, 32, 32) * 2)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with folded_batchnorm(model):
+            folded = model(x)
+            assert not torch.equal(folded, ref)  # another computation ...
+        after = model(x)
+    torch.testing.assert_close(folded, ref, atol=1e-4, rtol=1e-4)  # ... of the same function
+    assert torch.equal(after, ref)  # folding ends with the block
+    # a train-mode BN (batch statistics) is never folded
+    model.train()
+    with torch.no_grad():
+        plain = model(x)
+        with folded_batchnorm(model):
+            in_block = model(x)
+    assert torch.equal(plain, in_block)
+
+
+@pytest.mark.parametrize("name", ["preact_resnet18", "wrn-16-2"])
+def test_folding_leaves_pre_activation_batchnorm_alone(name):
+    from fairard.models import folded_batchnorm
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with folded_batchnorm(model):
+            assert torch.equal(model(x), ref)

@@ -228,3 +228,38 @@ def test_every_difficulty_measure_yields_weights(synthetic_root, teacher_ckpt, t
     easiness = 1 / values if measure == "adv_loss" else values
     expected = class_weights(easiness, beta=2.0, clamp=(5 / 6, 5 / 2))
     assert torch.allclose(torch.tensor(record["next_class_weights"], dtype=torch.float64), expected, atol=1e-5)
+
+
+def test_eval_mode_training_attack_folds_batchnorm_and_attacks_alike(synthetic_root, teacher_ckpt, tmp_path):
+    """RSLAD attacks its student in eval mode: the trainer folds BN into the convolutions for that attack
+    (and in the frozen teacher) only; the folded attack is the same attack up to rounding."""
+    from fairard.attacks import pgd
+    from fairard.methods import Forward
+    trainer = Trainer(small_cfg(synthetic_root, teacher_ckpt, method="rslad", attack_steps=5, monitor_n=0),
+                      tmp_path, progress=False)
+    trainer.fit(resume=False)  # trained BN statistics, so folding has something to fold
+    x, y, _ = next(iter(trainer.train_loader))
+    f = Forward(trainer.student, x, y, teacher=trainer.teacher, epoch=0, num_classes=10)
+    spec, probe = trainer._attack_spec()
+    calls = []
+    hook = trainer.student.bn1.register_forward_pre_hook(lambda m, _: calls.append(m))
+    x_start = x.clone()
+    x_adv, _ = trainer._attack(f, x_start, spec.eps, spec, probe)
+    hook.remove()
+    assert calls == []  # the stem's BN never ran as a module: its convolution carried it, folded
+    assert not any(getattr(m, "fold", False) for m in trainer.student.modules())  # folding ended with the attack
+    assert all(m.fold for m in trainer.teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    trainer.student.eval()
+    x_ref = pgd(trainer.student, x, y, eps=spec.eps, step_size=spec.step_size, steps=5, loss="kl",
+                target_probs=trainer.method.attack_target(f), x_start=x_start)
+    trainer.student.train()
+    assert (x_adv != x).float().mean() > 0.5
+    assert (x_adv == x_ref).float().mean() > 0.99  # fp32 rounding may flip a rare gradient sign
+
+
+def test_run_key_names_the_training_arithmetic(monkeypatch):
+    import fairard.train as T
+    cfg = TrainConfig(method="ard", teacher="resnet8", teacher_checkpoint="t.pt")
+    before = cfg.key()
+    monkeypatch.setattr(T, "TRAINING_ARITHMETIC", T.TRAINING_ARITHMETIC + 1)
+    assert cfg.key() != before  # runs and checkpoints of older arithmetic are not reused

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import CifarNet, make_stages
+from ._common import CifarNet, conv_bn, make_stages, relu
 from ._registry import register_model
 
 __all__ = ["PadShortcut", "BasicBlock", "CifarResNet"]
@@ -45,9 +45,9 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Identity() if stride == 1 and in_planes == planes else PadShortcut(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        out = relu(conv_bn(self.conv1, self.bn1, x))
+        out = conv_bn(self.conv2, self.bn2, out)
+        return relu(out + self.shortcut(x))
 
 
 class CifarResNet(CifarNet):
@@ -70,7 +70,7 @@ class CifarResNet(CifarNet):
                 nn.init.kaiming_normal_(m.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(self.normalize(x))))
+        x = relu(conv_bn(self.conv1, self.bn1, self.normalize(x)))
         return self.layer3(self.layer2(self.layer1(x)))
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ._common import CifarNet
+from ._common import CifarNet, conv_bn, relu
 from ._registry import register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenet_v2"]
@@ -41,10 +40,10 @@ class InvertedResidual(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, bias=False), nn.BatchNorm2d(out_planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return out + self.shortcut(x) if self.stride == 1 else out
+        out = relu(conv_bn(self.conv1, self.bn1, x))
+        out = relu(conv_bn(self.conv2, self.bn2, out))
+        out = conv_bn(self.conv3, self.bn3, out)
+        return out + (conv_bn(*self.shortcut, x) if len(self.shortcut) else x) if self.stride == 1 else out
 
 
 class MobileNetV2(CifarNet):
@@ -65,8 +64,8 @@ class MobileNetV2(CifarNet):
         self.linear = nn.Linear(1280, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(self.normalize(x))))
-        return F.relu(self.bn2(self.conv2(self.layers(x))))
+        x = relu(conv_bn(self.conv1, self.bn1, self.normalize(x)))
+        return relu(conv_bn(self.conv2, self.bn2, self.layers(x)))
 
 
 @register_model

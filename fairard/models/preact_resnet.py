@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ._common import CifarNet, make_stages
+from ._common import CifarNet, make_stages, relu
 from ._registry import register_model
 
 __all__ = ["PreActBlock", "PreActResNet", "preact_resnet18"]
@@ -30,10 +29,10 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
+        out = relu(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(out)
         out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv2(relu(self.bn2(out)))
         return out + shortcut
 
 
@@ -51,7 +50,7 @@ class PreActResNet(CifarNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(self.normalize(x))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return F.relu(self.bn(x))
+        return relu(self.bn(x))
 
 
 @register_model

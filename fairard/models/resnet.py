@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ._common import CifarNet, make_stages
+from ._common import CifarNet, conv_bn, make_stages, relu
 from ._registry import register_model
 
 __all__ = ["BasicBlock", "ResNet", "resnet18", "resnet34"]
@@ -31,9 +30,9 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        out = relu(conv_bn(self.conv1, self.bn1, x))
+        out = conv_bn(self.conv2, self.bn2, out)
+        return relu(out + (conv_bn(*self.shortcut, x) if len(self.shortcut) else x))
 
 
 class ResNet(CifarNet):
@@ -48,7 +47,7 @@ class ResNet(CifarNet):
         self.linear = nn.Linear(512, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(self.normalize(x))))
+        x = relu(conv_bn(self.conv1, self.bn1, self.normalize(x)))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import CifarNet
+from ._common import CifarNet, ReLU
 from ._registry import register_model, register_model_pattern
 
 __all__ = ["BasicBlock", "NetworkBlock", "WideResNet"]
@@ -31,10 +31,10 @@ class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
-        self.relu1 = nn.ReLU(inplace=True)
+        self.relu1 = ReLU()
         self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_planes)
-        self.relu2 = nn.ReLU(inplace=True)
+        self.relu2 = ReLU()
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
         self.drop_rate = drop_rate
         self.convShortcut = None  # noqa: N815  (TRADES key name)
@@ -80,7 +80,7 @@ class WideResNet(CifarNet):
         self.block2 = NetworkBlock(n, c[1], c[2], 2, drop_rate)
         self.block3 = NetworkBlock(n, c[2], c[3], 2, drop_rate)
         self.bn1 = nn.BatchNorm2d(c[3])
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = ReLU()
         self.fc = nn.Linear(c[3], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
