@@ -1,7 +1,8 @@
 """One training loop for every teacher and student.
 
 Per batch: (1) the method's training attack on the student (``fairard.attacks.pgd``, which also
-returns Fair-ARD's geometric kappa for free), (2) the method's per-sample loss
+returns Fair-ARD's geometric kappa for free; an eval-mode attack runs with BatchNorm folded into the
+convolutions, as does the frozen teacher: ``fairard.models.folded_batchnorm``), (2) the method's per-sample loss
 (``fairard.methods``), (3) optional class weights w_y (``fairard.fairness.FairWeighting``;
 ``fair-<method>`` turns it on), mean over the batch (divided by B as in the official code),
 backward, step.  Statistics stay on the device; the host syncs once every ``SYNC_EVERY`` steps to

@@ -1,4 +1,6 @@
-"""Pieces shared by every family: in-model normalisation and the timm-style features/head split."""
+"""Pieces shared by every family: in-model normalisation, the timm-style features/head split, and two
+speed paths of the training engine: a faster bf16 ReLU on CPU (``relu``) and BatchNorm folded into the
+preceding convolution where BN runs in eval mode (``conv_bn``, ``folded_batchnorm``)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Normalize", "make_normalize", "CifarNet", "make_stages", "relu", "ReLU", "conv_bn", "folded_batchnorm", "set_batchnorm_folding"]
+__all__ = ["Normalize", "make_normalize", "CifarNet", "make_stages", "relu", "ReLU", "conv_bn", "folded_batchnorm",
+           "set_batchnorm_folding"]
 
 
 class _Bf16SignReLU(torch.autograd.Function):
@@ -49,7 +52,7 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 
 
 class ReLU(nn.Module):
-    """Module form of ``relu`` (for the families whose checkpoints name their ReLU modules)."""
+    """Module form of ``relu``, for the families that hold their ReLUs as modules (WRN, as in TRADES' code)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return relu(x)
