@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Normalize", "make_normalize", "CifarNet", "make_stages", "relu", "ReLU", "conv_bn", "folded_batchnorm",
-           "set_batchnorm_folding"]
+__all__ = ["Normalize", "make_normalize", "CifarNet", "make_stages", "relu", "ReLU", "conv_bn", "shortcut_conv_bn",
+           "folded_batchnorm", "set_batchnorm_folding"]
 
 
 class _Bf16SignReLU(torch.autograd.Function):
@@ -78,6 +78,12 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tenso
         bias = bias + conv.bias * scale
     return F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation,
                     conv.groups)
+
+
+def shortcut_conv_bn(shortcut: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A residual shortcut kept as in the original code: an empty ``Sequential`` (identity) or
+    ``Sequential(conv, bn)`` (projection), the latter through ``conv_bn`` so that it folds too."""
+    return conv_bn(*shortcut, x) if len(shortcut) else x
 
 
 def _batchnorms(model: nn.Module) -> list[nn.Module]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import CifarNet, conv_bn, relu
+from ._common import CifarNet, conv_bn, relu, shortcut_conv_bn
 from ._registry import register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenet_v2"]
@@ -43,7 +43,7 @@ class InvertedResidual(nn.Module):
         out = relu(conv_bn(self.conv1, self.bn1, x))
         out = relu(conv_bn(self.conv2, self.bn2, out))
         out = conv_bn(self.conv3, self.bn3, out)
-        return out + (conv_bn(*self.shortcut, x) if len(self.shortcut) else x) if self.stride == 1 else out
+        return out + shortcut_conv_bn(self.shortcut, x) if self.stride == 1 else out
 
 
 class MobileNetV2(CifarNet):

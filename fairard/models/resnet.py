@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import CifarNet, conv_bn, make_stages, relu
+from ._common import CifarNet, conv_bn, make_stages, relu, shortcut_conv_bn
 from ._registry import register_model
 
 __all__ = ["BasicBlock", "ResNet", "resnet18", "resnet34"]
@@ -32,7 +32,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = relu(conv_bn(self.conv1, self.bn1, x))
         out = conv_bn(self.conv2, self.bn2, out)
-        return relu(out + (conv_bn(*self.shortcut, x) if len(self.shortcut) else x))
+        return relu(out + shortcut_conv_bn(self.shortcut, x))
 
 
 class ResNet(CifarNet):
