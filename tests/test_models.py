@@ -389,3 +389,24 @@ def test_folding_leaves_pre_activation_batchnorm_alone(name):
         ref = model(x)
         with folded_batchnorm(model):
             assert torch.equal(model(x), ref)
+
+
+def test_bf16_relu_leaves_a_bf16_train_mode_pgd_bit_identical(monkeypatch):
+    """What the fast ReLU must not change: the iterates and kappa of a training attack."""
+    from fairard.attacks import pgd
+    from fairard.models import cifar_resnet
+    torch.manual_seed(0)
+    model = build_model("resnet8").to(memory_format=torch.channels_last).train()
+    x = torch.rand(16, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    runs = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(cifar_resnet, "relu", torch.nn.functional.relu)
+        model.load_state_dict(state)  # the same BN running statistics for both attacks
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs.append(pgd(model, x, y, steps=3, return_kappa=True, generator=torch.Generator().manual_seed(1)))
+    (x_fast, k_fast), (x_ref, k_ref) = runs
+    assert torch.equal(x_fast, x_ref) and torch.equal(k_fast, k_ref)
+    assert (x_fast != x).any()
