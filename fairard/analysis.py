@@ -616,9 +616,9 @@ def kdiga_figure(study: dict, attack: str | None = None):
     for i, m in enumerate(methods):
         pts = [g for g in study["gaps"] if g["method"] == m]
         gap = [g["l2"] for g in pts]
+        color = plt.get_cmap("tab10")(i)
         for what, marker, fill in (("accuracy", "o", True), ("worst_class_accuracy", "v", False)):
             acc = [100 * E.metric(runs[(g["method"], g["student"], g["seed"])], attack, what) for g in pts]
-            color = plt.get_cmap("tab10")(i)
             ax2.scatter(gap, acc, marker=marker, color=color if fill else "none", edgecolors=color,
                         label=m if fill else None)
     ax2.scatter([], [], marker="o", color="grey", label="average")  # legend keys for the two markers

@@ -92,8 +92,9 @@ def _batchnorms(model: nn.Module) -> list[nn.Module]:
 
 def set_batchnorm_folding(model: nn.Module, fold: bool = True) -> list[bool]:
     """Turn ``conv_bn`` folding on or off for every BatchNorm of ``model``; returns the previous flags."""
-    previous = [getattr(m, "fold", False) for m in _batchnorms(model)]
-    for m in _batchnorms(model):
+    bns = _batchnorms(model)
+    previous = [getattr(m, "fold", False) for m in bns]
+    for m in bns:
         m.fold = fold
     return previous
 
@@ -101,9 +102,10 @@ def set_batchnorm_folding(model: nn.Module, fold: bool = True) -> list[bool]:
 @contextlib.contextmanager
 def folded_batchnorm(model: nn.Module):
     """Within the block, every eval-mode BatchNorm that directly follows a convolution (``conv_bn``) is
-    folded into it. The trainer folds for the eval-mode training attacks (RSLAD, MTARD, ABSLD,
-    TRADES) and in the frozen teachers; evaluation never folds. Pre-activation BNs (PreAct ResNet,
-    WRN) follow an addition, not a convolution, and stay as they are."""
+    folded into it; a train-mode BN (batch statistics) never is. The trainer wraps every training
+    attack in it, so the eval-mode ones (RSLAD, MTARD, ABSLD, TRADES) fold, and folds the frozen
+    teachers; evaluation never folds. Pre-activation BNs (PreAct ResNet, WRN) follow an addition, not
+    a convolution, and stay as they are."""
     previous = set_batchnorm_folding(model, True)
     try:
         yield model
