@@ -379,6 +379,28 @@ def test_folded_batchnorm_equals_eval_mode_and_is_scoped(name):
     assert torch.equal(plain, in_block)
 
 
+def test_folded_weights_are_computed_once_per_toggle_and_follow_new_weights():
+    """The trainer enters folded_batchnorm once per attack: the fold is reused across the attack's steps
+    and made anew at the next entry, after the optimiser has changed the weights."""
+    from fairard.models import folded_batchnorm
+    torch.manual_seed(0)
+    model = build_model("resnet8").eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        with folded_batchnorm(model):
+            model(x)
+            first = model.bn1.folded
+            model(x)
+            assert model.bn1.folded is first  # one fold for every step of an attack
+        assert model.bn1.folded is None
+        model.conv1.weight.mul_(2)  # an optimiser step between two attacks
+        model.bn1.running_mean.add_(0.5)
+        ref = model(x)
+        with folded_batchnorm(model):
+            folded = model(x)
+    torch.testing.assert_close(folded, ref, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["preact_resnet18", "wrn-16-2"])
 def test_folding_leaves_pre_activation_batchnorm_alone(name):
     from fairard.models import folded_batchnorm

@@ -58,26 +58,37 @@ class ReLU(nn.Module):
         return relu(x)
 
 
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of the one convolution that equals eval-mode ``bn(conv(x))``."""
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        bias = -bn.running_mean * scale
+        if bn.bias is not None:
+            bias = bias + bn.bias
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+        return conv.weight * scale.view(-1, 1, 1, 1), bias
+
+
 def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """``bn(conv(x))``; inside ``folded_batchnorm``, an eval-mode BN is folded into the convolution.
 
     Folded: one convolution with weight ``w * s`` and bias ``beta + (b - mu) * s``, where
     ``s = gamma / sqrt(var + eps)``, so the BN pass and its backward disappear. Equal in exact
-    arithmetic; in floating point the rounding differs (bf16: a few ulp per layer). The folded
-    weights are recomputed at each call, so they follow a model that is being trained.
+    arithmetic; in floating point the rounding differs (bf16: a few ulp per layer). Folding serves
+    attacks and frozen models, whose parameters do not change meanwhile: the folded weights are
+    computed once per folding toggle (not at every attack step) and pass no gradient to the
+    parameters. After changing the weights of a model that stays folded, toggle again
+    (``set_batchnorm_folding``).
     """
     if bn.training or not getattr(bn, "fold", False) or bn.running_var is None:
         return bn(conv(x))
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    bias = -bn.running_mean * scale
-    if bn.bias is not None:
-        bias = bias + bn.bias
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation,
-                    conv.groups)
+    if getattr(bn, "folded", None) is None:
+        bn.folded = _fold(conv, bn)
+    weight, bias = bn.folded
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def shortcut_conv_bn(shortcut: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -90,12 +101,16 @@ def _batchnorms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def _set_folding(bns: list[nn.Module], flags) -> None:
+    for m, fold in zip(bns, flags):
+        m.fold, m.folded = fold, None  # a toggle drops the folded weights: the next conv_bn folds anew
+
+
 def set_batchnorm_folding(model: nn.Module, fold: bool = True) -> list[bool]:
     """Turn ``conv_bn`` folding on or off for every BatchNorm of ``model``; returns the previous flags."""
     bns = _batchnorms(model)
     previous = [getattr(m, "fold", False) for m in bns]
-    for m in bns:
-        m.fold = fold
+    _set_folding(bns, [fold] * len(bns))
     return previous
 
 
@@ -110,8 +125,7 @@ def folded_batchnorm(model: nn.Module):
     try:
         yield model
     finally:
-        for m, was in zip(_batchnorms(model), previous):
-            m.fold = was
+        _set_folding(_batchnorms(model), previous)
 
 
 class Normalize(nn.Module):
