@@ -1,14 +1,27 @@
-"""CIFAR-10/100 loading and an on-device batch loader.
+"""CIFAR-10/100, SVHN and Tiny-ImageNet loading and an on-device batch loader.
 
-Loading (`load_split`) returns plain numpy arrays: x uint8 (N, 32, 32, 3) NHWC, y int64 (N,).
-It looks in this order and takes the first source that exists:
+Loading (`load_split`) returns plain numpy arrays: x uint8 (N, H, W, 3) NHWC (32x32; 64x64 for
+Tiny-ImageNet), y int64 (N,). It looks in this order and takes the first source that exists:
 
-1. a torchvision-format folder, ``<root>/cifar-10-batches-py`` (``cifar-100-python``), also one level
-   down as ``<root>/<dataset>/cifar-10-batches-py``;
+1. the dataset's own folder layout:
+   - CIFAR: the torchvision folder ``<root>/cifar-10-batches-py`` (``cifar-100-python``), also one level
+     down as ``<root>/<dataset>/cifar-10-batches-py``;
+   - SVHN: torchvision's files ``<root>/svhn/{train,test}_32x32.mat`` (MATLAB ``X`` (32, 32, 3, N), ``y``
+     (N, 1) with label 10 meaning digit 0, mapped to 0 here as torchvision does; read with scipy);
+   - Tiny-ImageNet: the official archive unpacked as ``<root>/tiny-imagenet-200/`` (also
+     ``<root>/tiny-imagenet/tiny-imagenet-200/``): ``wnids.txt``, ``train/<wnid>/images/*.JPEG``,
+     ``val/images/*.JPEG`` with ``val/val_annotations.txt``. Class k is the k-th wnid in sorted order
+     (torchvision ImageFolder's convention). The official ``test/`` has no labels, so split ``test``
+     reads the labelled ``val/`` (10,000 images, 50 per class), as robustness papers do;
 2. an npz pair ``<root>/<dataset>/{train,test}.npz`` with arrays ``x`` and ``y``;
-3. ``torchvision.datasets.CIFAR10/100(root, download=True)`` (skipped with ``download=False``).
+3. a torchvision download into ``<root>`` (CIFAR) or ``<root>/svhn`` (SVHN); Tiny-ImageNet has none
+   (skipped with ``download=False``).
 
-If nothing is found it raises one `DataNotFoundError` listing every place it looked.
+If nothing is found it raises one `DataNotFoundError` listing every place it looked and the layout it expects.
+
+Per-dataset training conventions (`AUGMENTATION`, and `fairard.methods` for learning rates): the
+official Fair-ARD code has CIFAR-10 only (papers.md 1.6 item 7), so the SVHN and Tiny-ImageNet choices
+are ours, named in `AUGMENTATION` and in the book (reproduce.md).
 
 `DeviceLoader` follows airbench's loader: the whole split lives on the device as uint8, each batch is
 an index slice of an on-device permutation, and crop + flip run batched on the device. Unlike airbench
@@ -29,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "CLASS_NAMES", "NUM_CLASSES", "DataNotFoundError", "data_root", "load_split",
+    "CLASS_NAMES", "NUM_CLASSES", "IMAGE_SIZE", "AUGMENTATION", "DataNotFoundError", "data_root", "load_split",
     "balanced_subset", "split_validation", "DeviceLoader",
 ]
 
@@ -48,11 +61,29 @@ CLASS_NAMES: dict[str, list[str]] = {
         "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
         "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
     ],
+    # SVHN's classes are the digits; torchvision maps the files' label 10 to digit 0.
+    "svhn": [str(d) for d in range(10)],
+    # Tiny-ImageNet's classes are WordNet ids read from the data (wnids.txt, sorted): class k is
+    # the k-th one (`tiny_imagenet_wnids`); the names here are their indices.
+    "tiny-imagenet": [f"class{k:03d}" for k in range(200)],
 }
 NUM_CLASSES: dict[str, int] = {name: len(names) for name, names in CLASS_NAMES.items()}
+IMAGE_SIZE: dict[str, int] = {"cifar10": 32, "cifar100": 32, "svhn": 32, "tiny-imagenet": 64}
+
+# Training augmentation per dataset: random-crop padding (pixels) and horizontal flips.
+# CIFAR: the official codes' RandomCrop(32, padding=4) + flip. SVHN: the same crop, no flip (a mirrored
+# digit is another glyph; SVHN robustness code such as Rice et al. 2020 trains without flips). Tiny-
+# ImageNet: padding 8 at 64x64, i.e. the same 1/8 of the side as CIFAR's 4 at 32 (our choice; no
+# official Fair-ARD value exists), with flips.
+AUGMENTATION: dict[str, dict] = {
+    "cifar10": {"padding": 4, "flip": True}, "cifar100": {"padding": 4, "flip": True},
+    "svhn": {"padding": 4, "flip": False}, "tiny-imagenet": {"padding": 8, "flip": True},
+}
 
 SPLITS = ("train", "test")
-IMAGE_SHAPE = (32, 32, 3)
+TINY_IMAGENET_LAYOUT = ("tiny-imagenet-200/wnids.txt, tiny-imagenet-200/train/<wnid>/images/*.JPEG, "
+                        "tiny-imagenet-200/val/images/*.JPEG and tiny-imagenet-200/val/val_annotations.txt "
+                        "(the official archive http://cs231n.stanford.edu/tiny-imagenet-200.zip, unpacked)")
 
 # torchvision-format layout per dataset: folder name, files per split, label key.
 _TV_FORMAT = {
@@ -82,17 +113,13 @@ def _check_names(dataset: str, split: str) -> None:
 
 def load_split(dataset: str = "cifar10", split: str = "train", root=None,
                download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Load one split as (x uint8 (N,32,32,3) NHWC, y int64 (N,)); see the module docstring for the sources."""
+    """Load one split as (x uint8 (N,H,W,3) NHWC, y int64 (N,)); see the module docstring for the sources."""
     _check_names(dataset, split)
     root = data_root(root)
-    folder_name, files, label_key = _TV_FORMAT[dataset]
     looked = []
-
-    for folder in (root / folder_name, root / dataset / folder_name):
-        looked.append(f"{folder}/ (torchvision-format folder)")
-        if folder.is_dir():
-            x, y = _read_tv_folder(folder, files[split], label_key)
-            return _validate(x, y, dataset, str(folder))
+    found = _read_native(dataset, split, root, looked)
+    if found is not None:
+        return _validate(*found)
 
     npz = root / dataset / f"{split}.npz"
     looked.append(f"{npz} (npz with arrays x, y)")
@@ -104,8 +131,8 @@ def load_split(dataset: str = "cifar10", split: str = "train", root=None,
             x, y = f["x"], f["y"]
         return _validate(x, y, dataset, str(npz))
 
-    reason = "download=False"
-    if download:
+    reason = "download=False" if dataset in _DOWNLOADS else "no download exists"
+    if download and dataset in _DOWNLOADS:
         try:
             x, y = _download(dataset, split, root)
             return _validate(x, y, dataset, f"torchvision download into {root}")
@@ -114,9 +141,100 @@ def load_split(dataset: str = "cifar10", split: str = "train", root=None,
     places = "\n".join(f"  - {p}" for p in looked)
     raise DataNotFoundError(
         f"{dataset} {split} split not found; looked in:\n{places}\nand {reason}.\n"
-        f"Fix: put the torchvision folder ({folder_name}/) or the npz pair ({dataset}/train.npz, {dataset}/test.npz) "
-        f"under a folder and point FAIRARD_DATA at it (or pass root=...), or allow download=True with internet access."
+        f"Fix: put {_NATIVE_LAYOUT[dataset]} or the npz pair ({dataset}/train.npz, {dataset}/test.npz) "
+        f"under a folder and point FAIRARD_DATA at it (or pass root=...)"
+        + (", or allow download=True with internet access." if dataset in _DOWNLOADS else
+           "; there is no torchvision download for it.")
     )
+
+
+# What each dataset's own layout is called in the error message.
+_NATIVE_LAYOUT = {
+    "cifar10": "the torchvision folder (cifar-10-batches-py/)",
+    "cifar100": "the torchvision folder (cifar-100-python/)",
+    "svhn": "torchvision's SVHN files (svhn/train_32x32.mat, svhn/test_32x32.mat)",
+    "tiny-imagenet": f"the official Tiny-ImageNet layout ({TINY_IMAGENET_LAYOUT})",
+}
+
+
+def _read_native(dataset: str, split: str, root: Path, looked: list):
+    """(x, y, dataset, source) from the dataset's own layout under ``root``, or None (places tried go to ``looked``)."""
+    if dataset in _TV_FORMAT:
+        folder_name, files, label_key = _TV_FORMAT[dataset]
+        for folder in (root / folder_name, root / dataset / folder_name):
+            looked.append(f"{folder}/ (torchvision-format folder)")
+            if folder.is_dir():
+                return (*_read_tv_folder(folder, files[split], label_key), dataset, str(folder))
+    elif dataset == "svhn":
+        mat = root / "svhn" / f"{split}_32x32.mat"
+        looked.append(f"{mat} (torchvision's SVHN file)")
+        if mat.is_file():
+            return (*_read_svhn_mat(mat), dataset, str(mat))
+    elif dataset == "tiny-imagenet":
+        for folder in (root / "tiny-imagenet-200", root / "tiny-imagenet" / "tiny-imagenet-200"):
+            looked.append(f"{folder}/ (official Tiny-ImageNet layout)")
+            if folder.is_dir():
+                return (*_read_tiny_imagenet(folder, split), dataset, str(folder))
+    return None
+
+
+def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """torchvision's SVHN .mat: X (32, 32, 3, N) uint8, y (N, 1) in 1..10 where 10 is the digit 0."""
+    try:
+        from scipy.io import loadmat
+    except ImportError as e:
+        raise ImportError("reading SVHN's .mat files needs scipy: pip install scipy") from e
+    mat = loadmat(path)
+    if "X" not in mat or "y" not in mat:
+        raise ValueError(f"{path} lacks X or y; not torchvision's SVHN file (train_32x32.mat / test_32x32.mat)")
+    x = np.ascontiguousarray(np.asarray(mat["X"]).transpose(3, 0, 1, 2))
+    y = np.asarray(mat["y"]).reshape(-1).astype(np.int64)
+    return x, np.where(y == 10, 0, y)
+
+
+def tiny_imagenet_wnids(folder: Path) -> list[str]:
+    """The 200 WordNet ids of a Tiny-ImageNet folder, sorted: class k is the k-th."""
+    path = Path(folder) / "wnids.txt"
+    if not path.is_file():
+        raise DataNotFoundError(f"{folder} exists but lacks wnids.txt; expected {TINY_IMAGENET_LAYOUT}")
+    return sorted(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def _read_images(paths) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for path in paths:
+        with Image.open(path) as im:  # some Tiny-ImageNet images are greyscale: convert every one to RGB
+            out.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    return np.stack(out) if out else np.zeros((0, 64, 64, 3), np.uint8)
+
+
+def _read_tiny_imagenet(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    wnids = tiny_imagenet_wnids(folder)
+    label = {w: k for k, w in enumerate(wnids)}
+    if split == "train":
+        paths, ys = [], []
+        for w in wnids:
+            files = sorted((folder / "train" / w / "images").glob("*.JPEG"))
+            if not files:
+                raise DataNotFoundError(f"{folder}/train/{w}/images/ holds no *.JPEG; expected {TINY_IMAGENET_LAYOUT}")
+            paths += files
+            ys += [label[w]] * len(files)
+    else:  # the labelled val/ serves as the test split (the official test/ has no labels)
+        ann = folder / "val" / "val_annotations.txt"
+        if not ann.is_file():
+            raise DataNotFoundError(f"{folder} lacks val/val_annotations.txt; expected {TINY_IMAGENET_LAYOUT}")
+        paths, ys = [], []
+        for line in sorted(ann.read_text().splitlines()):
+            parts = line.split("\t")
+            if len(parts) < 2:
+                continue
+            if parts[1] not in label:
+                raise ValueError(f"{ann}: {parts[0]} has wnid {parts[1]!r}, which is not in wnids.txt")
+            paths.append(folder / "val" / "images" / parts[0])
+            ys.append(label[parts[1]])
+    return _read_images(paths), np.asarray(ys, dtype=np.int64)
 
 
 class _DatasetUnpickler(pickle.Unpickler):
@@ -157,9 +275,15 @@ def _read_tv_folder(folder: Path, names: list[str], label_key: str) -> tuple[np.
     return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
 
 
+_DOWNLOADS = ("cifar10", "cifar100", "svhn")
+
+
 def _download(dataset: str, split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
     import torchvision
 
+    if dataset == "svhn":  # torchvision writes svhn/<split>_32x32.mat, the layout read above
+        torchvision.datasets.SVHN(str(root / "svhn"), split=split, download=True)
+        return _read_svhn_mat(root / "svhn" / f"{split}_32x32.mat")
     cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[dataset]
     ds = cls(str(root), train=(split == "train"), download=True)
     return np.asarray(ds.data), np.asarray(ds.targets)
@@ -167,8 +291,9 @@ def _download(dataset: str, split: str, root: Path) -> tuple[np.ndarray, np.ndar
 
 def _validate(x, y, dataset: str, source: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x), np.asarray(y)
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"{source}: x has dtype {x.dtype} and shape {x.shape}; expected uint8 (N, 32, 32, 3) "
+    size = IMAGE_SIZE[dataset]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (size, size, 3):
+        raise ValueError(f"{source}: x has dtype {x.dtype} and shape {x.shape}; expected uint8 (N, {size}, {size}, 3) "
                          f"NHWC pixels in 0..255 (convert with x.astype(np.uint8) / transpose to NHWC)")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{source}: y has dtype {y.dtype} and shape {y.shape}; expected 1-D integer labels")
@@ -250,7 +375,8 @@ class DeviceLoader:
 
     `x` is uint8 NHWC (numpy or tensor), converted once to a uint8 NCHW tensor on the device. `idx` is the
     row of each sample in the given `x`, for per-sample state. Training mode shuffles, drops the last
-    partial batch and augments (random crop with `padding`, zero or reflect padding, and horizontal flip).
+    partial batch and augments (random crop with `padding`, zero or reflect padding, and, with `flip`, a
+    horizontal flip; `AUGMENTATION` holds each dataset's padding and flip).
     Eval mode (train=False) yields the data unchanged and in order, keeping the last partial batch.
 
     Randomness comes from a fresh `torch.Generator(device)` seeded by (seed, epoch) at each pass.
@@ -260,7 +386,7 @@ class DeviceLoader:
 
     def __init__(self, x, y, *, batch_size: int = 128, train: bool = True, device="cpu", seed: int = 0,
                  drop_last: bool | None = None, augment: bool | None = None, pad_mode: str = "zeros",
-                 channels_last: bool = False, padding: int = 4, num_classes: int | None = None):
+                 channels_last: bool = False, padding: int = 4, flip: bool = True, num_classes: int | None = None):
         if pad_mode not in ("zeros", "reflect"):
             raise ValueError(f"pad_mode must be 'zeros' or 'reflect', got {pad_mode!r}")
         if batch_size < 1:
@@ -279,7 +405,7 @@ class DeviceLoader:
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.drop_last = train if drop_last is None else drop_last
         self.augment = train if augment is None else augment
-        self.pad_mode, self.padding, self.channels_last = pad_mode, padding, channels_last
+        self.pad_mode, self.padding, self.flip, self.channels_last = pad_mode, padding, flip, channels_last
         self.num_samples = len(x)
         self.num_classes = int(self._labels.max()) + 1 if num_classes is None else num_classes
         self.class_counts = torch.bincount(self._labels, minlength=self.num_classes)
@@ -318,7 +444,8 @@ class DeviceLoader:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self._images[idx].float().div_(255)
             if self.augment:
-                x = _random_flip(_random_crop(x, self.padding, self.pad_mode, gen), gen)
+                x = _random_crop(x, self.padding, self.pad_mode, gen)
+                x = _random_flip(x, gen) if self.flip else x
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self._labels[idx], idx

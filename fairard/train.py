@@ -196,7 +196,7 @@ class Trainer:
             raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(D.NUM_CLASSES)}")
 
         self.method = get_method(cfg.base_method, num_classes=self.num_classes, **cfg.method_options)
-        od = self.method.optim
+        od = self.method.optim.for_dataset(cfg.dataset)
         self.epochs = cfg.epochs if cfg.epochs is not None else od.epochs
         self.milestones = cfg.milestones if cfg.milestones is not None else od.milestones
         self.batch_size = cfg.batch_size or od.batch_size
@@ -235,7 +235,8 @@ class Trainer:
             idx, val_idx = idx[tr], idx[va]
         self.train_loader = D.DeviceLoader(x[idx], y[idx], batch_size=self.batch_size, train=True,
                                            device=self.device, seed=cfg.seed, pad_mode=cfg.pad_mode,
-                                           channels_last=self.channels_last, num_classes=self.num_classes)
+                                           channels_last=self.channels_last, num_classes=self.num_classes,
+                                           **D.AUGMENTATION[cfg.dataset])
         if len(self.train_loader) == 0:
             raise ValueError(f"the training set has {len(idx)} images, fewer than one batch of {self.batch_size}: "
                              f"raise --n-per-class or lower --batch-size")

@@ -31,7 +31,7 @@ needs_cifar10 = pytest.mark.skipif(SHARED is None, reason="no CIFAR-10 copy: set
 # ---------------------------------------------------------------- names and root
 
 def test_class_names():
-    assert NUM_CLASSES == {"cifar10": 10, "cifar100": 100}
+    assert NUM_CLASSES == {"cifar10": 10, "cifar100": 100, "svhn": 10, "tiny-imagenet": 200}
     assert CLASS_NAMES["cifar10"][0] == "airplane" and CLASS_NAMES["cifar10"][-1] == "truck"
     c100 = CLASS_NAMES["cifar100"]
     assert c100 == sorted(set(c100))  # torchvision's order is alphabetical, no duplicates
@@ -299,3 +299,86 @@ def test_loader_rejects_bad_input(toy):
         DeviceLoader(x, y[:-1])
     with pytest.raises(ValueError, match="pad_mode"):
         DeviceLoader(x, y, pad_mode="edge")
+
+
+# ---------------------------------------------------------------- SVHN and Tiny-ImageNet in their own layouts
+
+def test_dataset_names_and_sizes():
+    from fairard.data import AUGMENTATION, IMAGE_SIZE
+    assert NUM_CLASSES["svhn"] == 10 and NUM_CLASSES["tiny-imagenet"] == 200
+    assert IMAGE_SIZE["tiny-imagenet"] == 64 and IMAGE_SIZE["svhn"] == 32
+    assert set(AUGMENTATION) == set(NUM_CLASSES) and AUGMENTATION["svhn"]["flip"] is False
+
+
+def test_svhn_mat_files_map_label_10_to_digit_0(tmp_path):
+    savemat = pytest.importorskip("scipy.io").savemat
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 10)):
+        x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)   # torchvision's file: HWC then N
+        y = np.arange(n) % 10 + 1                                        # labels 1..10; 10 is the digit 0
+        (tmp_path / "svhn").mkdir(exist_ok=True)
+        savemat(tmp_path / "svhn" / f"{split}_32x32.mat", {"X": x, "y": y.reshape(-1, 1).astype(np.uint8)})
+        xs, ys = load_split("svhn", split, root=tmp_path, download=False)
+        assert xs.shape == (n, 32, 32, 3) and xs.dtype == np.uint8 and ys.dtype == np.int64
+        np.testing.assert_array_equal(xs[3], x[..., 3])
+        np.testing.assert_array_equal(ys, np.where(y == 10, 0, y))
+        assert ys.min() == 0 and ys.max() == 9 and (ys[y == 10] == 0).all()
+
+
+def _write_tiny_imagenet(root: Path, wnids, n_train=2, val=()):
+    from PIL import Image
+
+    folder = root / "tiny-imagenet-200"
+    rng = np.random.default_rng(0)
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")   # file order need not be sorted
+    for k, w in enumerate(wnids):
+        (folder / "train" / w / "images").mkdir(parents=True)
+        for i in range(n_train):
+            img = np.full((64, 64, 3), (k * 7 + i) % 256, np.uint8)
+            Image.fromarray(img).save(folder / "train" / w / "images" / f"{w}_{i}.JPEG", quality=100)
+    lines = []
+    for i, w in enumerate(val):
+        name = f"val_{i}.JPEG"
+        mode = "L" if i == 0 else "RGB"  # a greyscale image, as the real archive has some
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), np.uint8)).convert(mode).save(folder / "val" / "images" / name)
+        lines.append(f"{name}\t{w}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_tiny_imagenet_layout(tmp_path):
+    wnids = [f"n{(k * 7919) % 1009:08d}" for k in range(200)]   # 200 distinct ids, not in sorted order
+    assert wnids != sorted(wnids)
+    val = [wnids[5], sorted(wnids)[0], sorted(wnids)[199]]
+    _write_tiny_imagenet(tmp_path, wnids, n_train=1, val=val)
+    x, y = load_split("tiny-imagenet", "train", root=tmp_path, download=False)
+    assert x.shape == (200, 64, 64, 3) and x.dtype == np.uint8
+    assert sorted(y.tolist()) == list(range(200))          # class count: every sorted-wnid index once
+    # class k is the k-th wnid in sorted order: the image written for wnid w has value (index in file * 7) % 256
+    for label, image in zip(y[:20], x[:20]):
+        k_file = wnids.index(sorted(wnids)[label])
+        assert abs(int(image.mean()) - (k_file * 7) % 256) <= 2
+    xt, yt = load_split("tiny-imagenet", "test", root=tmp_path, download=False)   # reads the labelled val/
+    assert xt.shape == (3, 64, 64, 3)
+    assert yt.tolist() == [sorted(wnids).index(val[0]), 0, 199]
+
+
+def test_missing_datasets_name_the_expected_layout(tmp_path):
+    with pytest.raises(DataNotFoundError, match="tiny-imagenet-200/wnids.txt.*val_annotations.txt"):
+        load_split("tiny-imagenet", "train", root=tmp_path, download=True)   # no download exists: still an error
+    with pytest.raises(DataNotFoundError, match="svhn/train_32x32.mat"):
+        load_split("svhn", "train", root=tmp_path, download=False)
+    (tmp_path / "tiny-imagenet-200").mkdir()
+    with pytest.raises(DataNotFoundError, match="wnids.txt"):
+        load_split("tiny-imagenet", "test", root=tmp_path, download=False)
+
+
+def test_loader_crops_64x64_and_can_skip_flips():
+    x = torch.randint(0, 256, (6, 64, 64, 3), dtype=torch.uint8)
+    y = torch.arange(6)
+    batch, _, _ = next(iter(DeviceLoader(x, y, batch_size=6, padding=8, seed=1)))
+    assert batch.shape == (6, 3, 64, 64)
+    plain = DeviceLoader(x, y, batch_size=6, padding=0, flip=False, seed=1)
+    xb, _, idx = next(iter(plain))   # no padding, no flip: the images unchanged (in shuffled order)
+    torch.testing.assert_close(xb, x[idx].permute(0, 3, 1, 2).float() / 255)

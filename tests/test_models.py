@@ -432,3 +432,28 @@ def test_bf16_relu_leaves_a_bf16_train_mode_pgd_bit_identical(monkeypatch):
     (x_fast, k_fast), (x_ref, k_ref) = runs
     assert torch.equal(x_fast, x_ref) and torch.equal(k_fast, k_ref)
     assert (x_fast != x).any()
+
+
+# One model of every family (resnet, preact_resnet, mobilenet_v2, wide_resnet, cifar_resnet) at Tiny-ImageNet's
+# 64x64 and 200 classes: global pooling, no hard-coded 4x4, and a PGD that lowers the accuracy it attacks.
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "mobilenet_v2", "wrn-16-1", "resnet8"])
+def test_64x64_inputs_forward_backward_and_pgd(name):
+    from fairard.attacks import pgd
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=200).train()
+    x = torch.rand(2, 3, 64, 64)
+    out = model(x)
+    assert out.shape == (2, 200) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for n, p in model.named_parameters() if not n.startswith("sub_block1."))
+    model.eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)   # the model's own predictions: clean accuracy 1 by construction
+    x_adv = pgd(model, x, y, eps=8 / 255, step_size=8 / 255, steps=1, random_start=None)
+    assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+    with torch.no_grad():
+        loss_clean = torch.nn.functional.cross_entropy(model(x), y)
+        loss_adv = torch.nn.functional.cross_entropy(model(x_adv), y)
+    assert loss_adv > loss_clean

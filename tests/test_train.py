@@ -263,3 +263,26 @@ def test_run_key_names_the_training_arithmetic(monkeypatch):
     before = cfg.key()
     monkeypatch.setattr(T, "TRAINING_ARITHMETIC", T.TRAINING_ARITHMETIC + 1)
     assert cfg.key() != before  # runs and checkpoints of older arithmetic are not reused
+
+
+@pytest.mark.parametrize("dataset, size, classes", [("svhn", 32, 10), ("tiny-imagenet", 64, 200)])
+def test_trains_and_monitors_on_synthetic_svhn_and_tiny_imagenet(tmp_path, dataset, size, classes):
+    """End to end on a synthetic npz stand-in: each dataset's class count, image size, augmentation and lr."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        y = np.arange(classes).repeat(2 if classes == 10 else 1)
+        x = rng.integers(0, 256, (len(y), size, size, 3), dtype=np.uint8)
+        (tmp_path / dataset).mkdir(exist_ok=True)
+        np.savez(tmp_path / dataset / f"{split}.npz", x=x, y=y)
+    cfg = TrainConfig(method="pgd_at", student="resnet8", dataset=dataset, data_root=str(tmp_path), epochs=1,
+                      batch_size=10, attack_steps=1, monitor_n=10 if classes == 10 else 0, device="cpu", amp="off")
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.train_loader.flip is (dataset != "svhn")
+    assert trainer.train_loader.padding == (8 if size == 64 else 4)
+    assert trainer.base_lr == pytest.approx(0.01 if dataset == "svhn" else 0.1)   # SVHN: lr x0.1
+    model = trainer.fit()
+    assert model.get_classifier().out_features == classes
+    if classes == 10:  # the per-epoch PGD-10 monitor; at 200 classes it would cost a minute on CPU
+        assert len(trainer.history[0]["monitor"]["clean"]["per_class"]) == classes
