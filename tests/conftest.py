@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# OMP_NUM_THREADS, when set, wins: several test processes sharing the 2 cores must not oversubscribe them.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 REPO = Path(__file__).resolve().parents[1]
 
