@@ -75,7 +75,7 @@ def _train_config(args, method: str, student: str):
         teacher_checkpoint=getattr(args, "teacher_checkpoint", None),
         nat_teacher=getattr(args, "nat_teacher", None),
         nat_teacher_checkpoint=getattr(args, "nat_teacher_checkpoint", None),
-        dataset=args.dataset, data_root=args.data_root, n_per_class=args.n_per_class,
+        init_checkpoint=args.init_checkpoint, dataset=args.dataset, data_root=args.data_root, n_per_class=args.n_per_class,
         val_per_class=args.val_per_class, epochs=args.epochs, milestones=args.milestones, lr=args.lr,
         weight_decay=args.weight_decay, nesterov=args.nesterov, batch_size=args.batch_size,
         lr_schedule=args.lr_schedule, beta=args.beta, clamp=args.clamp, difficulty=args.difficulty,
@@ -187,6 +187,7 @@ def _add_common(p, *, train: bool):
     p.add_argument("--difficulty", default="kappa", choices=["kappa", "robust_acc", "adv_loss", "clean_acc"])
     p.add_argument("--attack-steps", type=int)
     p.add_argument("--val-per-class", type=int, default=0)
+    p.add_argument("--init-checkpoint", help="start from these weights (FRL fine-tunes a robust model)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. tau=30")
     p.add_argument("--student-kw", action="append", metavar="KEY=VALUE", help="model kwarg, e.g. width=32")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])

@@ -68,7 +68,8 @@ def as_radius(value, x: torch.Tensor):
 
 def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps=8 / 255, step_size=2 / 255, steps: int = 10,
         loss: str = "ce", target_probs: torch.Tensor | None = None, random_start: str | None = "uniform",
-        return_kappa: bool = False, generator: torch.Generator | None = None, x_start: torch.Tensor | None = None):
+        return_kappa: bool = False, generator: torch.Generator | None = None, x_start: torch.Tensor | None = None,
+        observe=None):
     """Projected gradient ascent on ``attack_loss`` in the L-inf ball of radius ``eps``.
 
     Returns ``x_adv`` or, with ``return_kappa=True``, ``(x_adv, kappa)`` where ``kappa[i]`` counts the
@@ -78,7 +79,8 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps=8 / 255, step_size=2 / 2
 
     ``eps`` and ``step_size`` may be floats or per-sample tensors of shape (B,).  ``x_start`` replaces
     the random start by a given first iterate (the trainer draws it for a whole global batch so that a
-    batch split over processes attacks exactly as a single process would).
+    batch split over processes attacks exactly as a single process would).  ``observe(x_adv, logits)``, if
+    given, is called with each checked iterate x^(t) and its logits, before its step (``EarlyStops``).
     """
     _check_choice("attack loss", loss, LOSSES)
     if steps < 0:
@@ -94,6 +96,8 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps=8 / 255, step_size=2 / 2
         logits = model(x_adv)
         if return_kappa:
             kappa += (logits.detach().argmax(1) == y).long()
+        if observe is not None:
+            observe(x_adv.detach(), logits.detach())
         objective = attack_loss(logits, y, loss, target_probs).sum()
         (grad,) = torch.autograd.grad(objective, x_adv)
         x_adv = x_adv.detach() + step_t * grad.sign()
@@ -101,6 +105,46 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps=8 / 255, step_size=2 / 2
     x_adv = x_adv.detach()
     return (x_adv, kappa) if return_kappa else x_adv
 
+
+
+class EarlyStops:
+    """FAT-style early-stopped iterates of one PGD run (Zhang et al. 2020, as BAT uses them), watched
+    through ``pgd(..., observe=...)``; ``result(x_final)`` returns ``(first_adv, last_clean)``.
+
+    Each iterate x^(t), t = 0..K-1, is checked before its step (the final x^(K) never is):
+    - last clean: the iterate before the first misclassified one (x^(0) itself if that is already
+      misclassified), or x^(K) if none is misclassified (BAT's ``stop_to_lastclean``);
+    - first adversarial: with ``tau`` = 0, the first misclassified iterate; FAT's ``tau`` lets a sample
+      take ``tau`` more steps, so it stops at its (tau+1)-th misclassified check, or x^(K) if it has fewer
+      (BAT's ``stop_to_firstadv`` with its ``tau=1``).
+    """
+
+    def __init__(self, y: torch.Tensor, tau: int = 1):
+        self.y, self.tau, self.previous = y, tau, None
+        self.first_adv = self.last_clean = None
+        self.misses = torch.zeros_like(y)
+        self.adv_done = torch.zeros_like(y, dtype=torch.bool)
+        self.clean_done = torch.zeros_like(y, dtype=torch.bool)
+
+    def __call__(self, x_adv: torch.Tensor, logits: torch.Tensor) -> None:
+        if self.first_adv is None:
+            self.first_adv, self.last_clean, self.previous = x_adv.clone(), x_adv.clone(), x_adv
+        wrong = logits.argmax(1) != self.y
+        stop_clean = (wrong & ~self.clean_done).view(-1, *([1] * (x_adv.dim() - 1)))
+        self.last_clean = torch.where(stop_clean, self.previous, self.last_clean)
+        self.clean_done |= wrong
+        stop_adv = wrong & ~self.adv_done & (self.misses >= self.tau)
+        self.first_adv = torch.where(stop_adv.view_as(stop_clean), x_adv, self.first_adv)
+        self.misses += (wrong & ~self.adv_done & ~stop_adv).long()
+        self.adv_done |= stop_adv
+        self.previous = x_adv
+
+    def result(self, x_final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.first_adv is None:  # zero steps: nothing was checked
+            return x_final, x_final
+        shape = (-1, *([1] * (x_final.dim() - 1)))
+        return (torch.where(self.adv_done.view(shape), self.first_adv, x_final),
+                torch.where(self.clean_done.view(shape), self.last_clean, x_final))
 
 
 def fgsm(model, x, y, *, eps=8 / 255, random_start: str | None = "normal", generator=None):

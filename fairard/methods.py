@@ -46,6 +46,7 @@ __all__ = [
     "AttackConfig", "OptimDefaults", "Forward", "Method", "METHODS", "register_method", "get_method",
     "list_methods", "parse_method_name", "kl_div", "cross_entropy", "input_gradient",
     "Natural", "PGDAT", "TRADES", "ARD", "IAD", "RSLAD", "MTARD", "KDIGA", "KDIGAARD", "ABSLD", "CFA",
+    "FRL", "FRLRMRW", "BAT",
 ]
 
 # ----------------------------------------------------------------------------- configuration
@@ -267,6 +268,8 @@ class Method(nn.Module):
     optim: ClassVar[OptimDefaults] = _ARD_OPTIM
     needs_teacher: ClassVar[bool] = True
     needs_nat_teacher: bool = False
+    needs_init_checkpoint: ClassVar[bool] = False  # fine-tunes a given robust model (FRL's hot start)
+    needs_validation: ClassVar[bool] = False       # begin_epoch reads the validation split (FRL)
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -296,11 +299,23 @@ class Method(nn.Module):
             raise ValueError(f"method {self.name!r} trains without an attack")
         return self.attack.eps
 
+    def watch_attack(self, f: Forward):
+        """An ``observe(x_adv, logits)`` callable for the training attack's iterates, or None (BAT's early stops)."""
+        return None
+
+    def attack_done(self, f: Forward, x_adv: Tensor, watcher) -> Tensor:
+        """The adversarial example the loss uses, given the attack's final iterate and ``watch_attack``'s watcher."""
+        return x_adv
+
     def per_sample_loss(self, f: Forward) -> Tensor:
         raise NotImplementedError
 
     def forward(self, f: Forward) -> Tensor:
         return self.per_sample_loss(f)
+
+    def begin_epoch(self, epoch: int, validate: Callable[[], tuple[Tensor, Tensor, Tensor]] | None = None) -> None:
+        """Called before each training epoch; ``validate()`` gives (y, clean_correct, robust_correct) on the
+        validation split (PGD-20, eval mode, fp32) for methods with ``needs_validation``."""
 
     def end_epoch(self, epoch: int, stats=None) -> None:
         """Called once after each training epoch with that epoch's ``ClassStats``."""
@@ -778,3 +793,157 @@ class CFA(TRADES):
         stats.all_reduce()
         self.class_robust_acc.copy_(stats.mean("robust_acc").to(self.class_robust_acc.device))
         self.has_stats.fill_(True)
+
+
+# ----------------------------------------------------------------------------- robust-fairness baselines
+
+
+def frl_class_weights(lmbda: Tensor) -> Tensor:
+    """FRL's cost-sensitive class weights from multipliers lambda (C,): w_k = 1/C + lambda_k - sum_j lambda_j / C."""
+    c = lmbda.numel()
+    return 1 / c + lmbda - lmbda.sum() / c
+
+
+def frl_project(lmbda: Tensor, limit: float) -> Tensor:
+    """Clamp the multipliers at 0 and, if they sum above ``limit``, rescale them to sum to it."""
+    lmbda = lmbda.clamp(min=0)
+    total = lmbda.sum()
+    return torch.where(total > limit, lmbda * limit / total.clamp_min(torch.finfo(lmbda.dtype).tiny), lmbda)
+
+
+@register_method
+class FRL(Method):
+    """FRL-RW, fair robust learning by reweighting (Xu et al., ICML 2021; papers.md 4.1;
+    hannxu123/fair_robust ``frlrw.py``, ``utils_frl.py``).
+
+    Fine-tunes a robust model (``TrainConfig.init_checkpoint``, the official hot start: a PGD-AT
+    model of the same architecture) with a class-weighted TRADES loss, normalised by the weights
+    of the batch: ``sum_i (w0_{y_i} CE(f(x_i), y_i) + beta w1_{y_i} KL(sigma(f(x_i)) || sigma(f(x'_i))))
+    / sum_i (w0_{y_i} + w1_{y_i})``, returned per sample as B times sample i's share, so that the
+    trainer's mean over B reproduces it. KL summed over classes; the clean target is not detached.
+    Attack: TRADES' (KL to sigma(f(x)), 0.001 N(0, I) start, eval mode, 10 x 2/255), radius eps * w2_y.
+
+    Before every epoch (``begin_epoch``), on the validation split (PGD-20, 2/255, uniform start, eval
+    mode; the script holds out 300 images per class): per-class clean error e0_k and boundary error
+    e1_k = clean acc - PGD acc, their totals over the split, violations g = e_k - e_total - bound,
+    then lambda0 <- P(lambda0 + rate1 g0), lambda1 <- P(lambda1 + 2 rate1 g1) (P: clamp at 0, rescale
+    to sum ``limit`` if above it; g0 clipped below at -1000 as the code does), w0 = w(lambda0),
+    w1 = w(lambda1) (``frl_class_weights``); all multipliers start at 0 (weights 1/C). ``rate1`` is
+    halved every 40 epochs (before the update of the 40th, 80th, ... epoch, 1-indexed, as the script).
+    Defaults are the scripts' argparse defaults: beta 1, bound 0.1 for both constraints, rate1 0.05,
+    rate2 0.1, limit 0.5; SGD lr 0.001, wd 5e-4, 120 epochs, x0.1 after epochs 40 and 80.
+    (papers.md quotes beta 1.5 and bound 0.07 for RMRW; the scripts' defaults are used here.)
+    """
+
+    name = "frl-rw"
+    attack = _KL_NORMAL_EVAL
+    optim = OptimDefaults(epochs=120, milestones=(40, 80), lr=0.001, weight_decay=5e-4)
+    needs_teacher = False
+    needs_init_checkpoint = True
+    needs_validation = True
+    remargin: ClassVar[bool] = False
+
+    def __init__(self, num_classes: int = 10, beta: float = 1.0, bound_clean: float = 0.1,
+                 bound_boundary: float = 0.1, rate1: float = 0.05, rate2: float = 0.1, limit: float = 0.5,
+                 rate1_halving: int = 40):
+        super().__init__(num_classes)
+        self.beta, self.bound_clean, self.bound_boundary = beta, bound_clean, bound_boundary
+        self.rate1, self.rate2, self.limit, self.rate1_halving = rate1, rate2, limit, rate1_halving
+        c = self.num_classes
+        self.register_buffer("lambda_clean", torch.zeros(c))
+        self.register_buffer("lambda_boundary", torch.zeros(c))
+        self.register_buffer("lambda_margin", torch.zeros(c))
+
+    @property
+    def weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(w0 clean-loss weights, w1 boundary-loss weights, w2 radius multipliers), each (C,)."""
+        margin = (torch.exp(2 * self.lambda_margin).clamp(0.98, 2.5) if self.remargin
+                  else torch.ones_like(self.lambda_margin))
+        return frl_class_weights(self.lambda_clean), frl_class_weights(self.lambda_boundary), margin
+
+    def rate1_at(self, epoch: int) -> float:
+        return self.rate1 * 0.5 ** ((epoch + 1) // self.rate1_halving)
+
+    @torch.no_grad()
+    def update_multipliers(self, epoch: int, y: Tensor, clean_correct: Tensor, robust_correct: Tensor) -> None:
+        """One constraint update from validation predictions (y, clean_correct, robust_correct), each (N,)."""
+        counts = torch.bincount(y, minlength=self.num_classes).clamp_min(1).to(self.lambda_clean.dtype)
+        per_class = lambda v: torch.zeros_like(counts).index_add_(0, y, v.to(counts.dtype)) / counts  # noqa: E731
+        clean_acc, robust_acc = per_class(clean_correct), per_class(robust_correct)
+        total_clean, total_robust = clean_correct.float().mean(), robust_correct.float().mean()
+        gap_clean = (1 - clean_acc) - (1 - total_clean) - self.bound_clean
+        gap_boundary = (clean_acc - robust_acc) - (total_clean - total_robust) - self.bound_boundary
+        rate1 = self.rate1_at(epoch)
+        self.lambda_clean.copy_(frl_project(self.lambda_clean + rate1 * gap_clean.clamp(min=-1000), self.limit))
+        self.lambda_boundary.copy_(frl_project(self.lambda_boundary + 2 * rate1 * gap_boundary.clamp(min=-1000),
+                                               self.limit))
+        if self.remargin:
+            self.lambda_margin.add_(self.rate2 * gap_boundary)
+
+    def begin_epoch(self, epoch: int, validate=None) -> None:
+        if validate is None:
+            raise ValueError(f"{self.name} updates its multipliers on a validation split: set val_per_class > 0")
+        self.update_multipliers(epoch, *validate())
+
+    def attack_target(self, f: Forward) -> Tensor:
+        return TRADES.attack_target(self, f)
+
+    def attack_eps(self, y: Tensor, epoch: int) -> float | Tensor:
+        return self.attack.eps * self.weights[2][y] if self.remargin else self.attack.eps
+
+    def per_sample_loss(self, f: Forward) -> Tensor:
+        w_clean, w_boundary, _ = self.weights
+        w0, w1 = w_clean[f.y], w_boundary[f.y]
+        share = f.y.numel() / (w0 + w1).sum()
+        return share * (w0 * cross_entropy(f.s_clean, f.y) + self.beta * w1 * kl_div(f.s_clean, f.s_adv))
+
+
+@register_method
+class FRLRMRW(FRL):
+    """FRL-RMRW: FRL-RW plus re-margining (``frlrmrw.py``, ``utils_frl2.py``): also
+    lambda2 <- lambda2 + rate2 * g1 (not projected) and the attack radius of class k is
+    eps * clip(exp(2 lambda2_k), 0.98, 2.5)."""
+
+    name = "frl-rmrw"
+    remargin = True
+
+
+@register_method
+class BAT(TRADES):
+    """BAT, balance adversarial training (Sun et al., AAAI 2023; papers.md 4.2; the authors' ``train.py``,
+    ``train_mode/stop_to_{firstadv,lastclean}.py``).
+
+    Per sample: CE(f(x_lc), y) + beta * KL(sigma(f(x)) || sigma(f(x_fa))) + KL(sigma(f(x_lc)) || U)
+    + KL(sigma(f(x_fa)) || U), KLs summed over classes (the code's sum / B), U uniform, all three
+    forwards in train mode; the clean target is not detached. x_fa and x_lc are the first-adversarial
+    and last-clean iterates of a TRADES KL attack (0.001 N(0, I) start, eval mode, 10 x 0.007, eps
+    0.031), chosen by ``fairard.attacks.EarlyStops`` with FAT's ``tau`` = 1 as the script calls it.
+    One attack trajectory serves both (the script runs two, each from its own 0.001 N start: equal in
+    distribution up to that noise, half the attack cost). beta 6; SGD 0.1, wd 2e-4, 200 epochs,
+    lr x0.1 from the 75th, 90th and 100th epoch (1-indexed, the script's ``epoch >= 75`` ...).
+    """
+
+    name = "bat"
+    attack = AttackConfig(loss="kl", random_start="normal", student_mode="eval", eps=0.031, step_size=0.007)
+    optim = OptimDefaults(epochs=200, milestones=(74, 89, 99))
+
+    def __init__(self, num_classes: int = 10, beta: float = 6.0, tau: int = 1):
+        super().__init__(num_classes, beta=beta)
+        self.tau = tau
+
+    def watch_attack(self, f: Forward):
+        from .attacks import EarlyStops
+
+        return EarlyStops(f.y, self.tau)
+
+    def attack_done(self, f: Forward, x_adv: Tensor, watcher) -> Tensor:
+        f.x_adv_first, f.x_last_clean = watcher.result(x_adv)
+        return f.x_adv_first
+
+    def per_sample_loss(self, f: Forward) -> Tensor:
+        if "x_last_clean" not in f.__dict__:
+            raise ValueError("bat needs its early-stopped attack: run it through Trainer (or set f.x_last_clean)")
+        s_last_clean, s_first_adv, s_clean = f.student(f.x_last_clean), f.s_adv, f.s_clean  # the script's order
+        uniform = torch.zeros_like(_fp32(s_last_clean))  # log-softmax of equal logits: log(1/C)
+        return (cross_entropy(s_last_clean, f.y) + self.beta * kl_div(s_clean, s_first_adv)
+                + kl_div(s_last_clean, uniform) + kl_div(s_first_adv, uniform))

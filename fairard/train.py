@@ -61,6 +61,7 @@ class TrainConfig:
     teacher_checkpoint: str | None = None
     nat_teacher: str | None = None                # MTARD's natural teacher
     nat_teacher_checkpoint: str | None = None
+    init_checkpoint: str | None = None            # start from these weights (FRL fine-tunes a robust model)
     dataset: str = "cifar10"
     data_root: str | None = None
     n_per_class: int | None = None                # class-balanced training subset (None: all)
@@ -208,8 +209,10 @@ class Trainer:
         self.nat_teacher = self._load_teacher(cfg.nat_teacher, cfg.nat_teacher_checkpoint, "nat_teacher",
                                               getattr(self.method, "needs_nat_teacher", False))
         self._build_data()
+        if self.method.needs_validation and self.val is None:
+            raise ValueError(f"method {cfg.method!r} needs a validation split: set val_per_class > 0 (--val-per-class)")
         torch.manual_seed(cfg.seed)
-        self.student = self._to_device(build_model(cfg.student, self.num_classes, **cfg.student_kwargs))
+        self.student = self._to_device(self._initial_student())
         self.method.to(self.device)
         self.optimizer = torch.optim.SGD(
             self.student.parameters(), lr=self.base_lr,
@@ -247,6 +250,27 @@ class Trainer:
             per_class = max(1, min(cfg.monitor_n // self.num_classes, int(np.bincount(yt).min())))
             m_idx = D.balanced_subset(yt, per_class, seed=cfg.seed)
             self.monitor = self._float_images(xt[m_idx], yt[m_idx])
+
+    def _initial_student(self):
+        model = build_model(self.cfg.student, self.num_classes, **self.cfg.student_kwargs)
+        if self.method.needs_init_checkpoint and not self.cfg.init_checkpoint:
+            raise ValueError(f"method {self.cfg.method!r} fine-tunes a robust model: pass --init-checkpoint PATH "
+                             f"(e.g. a pgd_at run of {self.cfg.student} from `python -m fairard train-teacher`)")
+        if self.cfg.init_checkpoint:
+            load_checkpoint(model, self.cfg.init_checkpoint, num_classes=self.num_classes).train()
+        return model
+
+    def _validation_predictions(self, epoch: int):
+        """(y, clean_correct, robust_correct) on the validation split: PGD-20 (2/255, uniform start), eval mode, fp32."""
+        from .evaluate import eval_mode
+        x, y = self.val
+        with eval_mode(self.student):
+            with torch.no_grad():
+                clean = self.student(x).argmax(1) == y
+            x_adv = pgd(self.student, x, y, steps=20, generator=_seeded(self.cfg.seed, epoch, 4, self.device))
+            with torch.no_grad():
+                robust = self.student(x_adv).argmax(1) == y
+        return y, clean, robust
 
     def _float_images(self, x, y):
         x = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
@@ -323,15 +347,17 @@ class Trainer:
         # step. A train-mode attack (ARD, IAD) is untouched: conv_bn never folds batch statistics.
         with folded_batchnorm(self.student):
             target = self.method.attack_target(f) if spec.loss == "kl" and not probe else None
+            watcher = None if probe else self.method.watch_attack(f)
             x_adv, kappa = pgd(self.student, f.x, f.y, eps=eps, step_size=spec.step_size, steps=steps, loss=spec.loss,
-                               target_probs=target, return_kappa=True, x_start=x_start)
+                               target_probs=target, return_kappa=True, x_start=x_start, observe=watcher)
         self.student.train()
-        return x_adv, kappa
+        return (x_adv if probe else self.method.attack_done(f, x_adv, watcher)), kappa
 
     def train_epoch(self, epoch: int, bar=None) -> dict:
         lr = lr_at(epoch, self.base_lr, self.milestones, self.cfg.lr_schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.method.begin_epoch(epoch, (lambda: self._validation_predictions(epoch)) if self.val is not None else None)
         stats = ClassStats(self.num_classes, self.device)
         weights_used = self.weighting.weights.clone() if self.weighting else None
         self.train_loader.set_epoch(epoch)

@@ -115,3 +115,37 @@ def test_unknown_names_are_listed(tiny_problem):
         A.pgd(model, x, y, loss="hinge")
     with pytest.raises(ValueError, match="random_start"):
         A.pgd(model, x, y, random_start="gauss")
+
+
+def test_early_stops_pick_first_adversarial_and_last_clean_iterates():
+    """Five checked iterates x^(t) = t (a constant image per step) and the final x^(5) = 5; each sample's
+    correct/wrong pattern over the checks is hand-made."""
+    from fairard.attacks import EarlyStops
+
+    wrong = torch.tensor([  # rows: samples, columns: checks t = 0..4
+        [0, 0, 0, 0, 0],    # never fooled: both are the final iterate
+        [1, 1, 0, 0, 0],    # fooled at once: last clean = x^0 itself; 2nd wrong check at t=1
+        [0, 0, 1, 0, 1],    # last clean = x^1; 2nd wrong check at t=4 (flip-back does not reset)
+        [0, 0, 0, 1, 0],    # last clean = x^2; only one wrong check: tau=1 runs to the end
+    ]).bool()
+    y = torch.zeros(4, dtype=torch.long)
+
+    def run(tau):
+        watch = EarlyStops(y, tau)
+        for t in range(5):
+            logits = torch.stack([torch.tensor([0.0, 1.0]) if w else torch.tensor([1.0, 0.0]) for w in wrong[:, t]])
+            watch(torch.full((4, 1, 2, 2), float(t)), logits)
+        first_adv, last_clean = watch.result(torch.full((4, 1, 2, 2), 5.0))
+        return first_adv[:, 0, 0, 0].tolist(), last_clean[:, 0, 0, 0].tolist()
+
+    assert run(tau=1) == ([5, 1, 4, 5], [5, 0, 1, 2])
+    assert run(tau=0) == ([5, 0, 2, 3], [5, 0, 1, 2])
+
+
+def test_pgd_observer_sees_every_checked_iterate(tiny_problem):
+    model, x, y = tiny_problem
+    seen = []
+    x_adv = A.pgd(model, x[:8], y[:8], steps=3, random_start=None, observe=lambda xa, lg: seen.append((xa, lg)))
+    assert len(seen) == 3 and torch.equal(seen[0][0], x[:8])
+    assert torch.allclose(seen[1][1], model(seen[1][0]))
+    assert not torch.equal(seen[-1][0], x_adv)   # the final iterate is never checked

@@ -81,7 +81,7 @@ def loss_of(name, nets, epoch=0, seed=0, **options):
 
 def test_registry_names_and_errors():
     assert set(list_methods()) == {"natural", "pgd_at", "trades", "ard", "iad", "rslad", "mtard", "kdiga",
-                                   "kdiga_ard", "absld", "cfa"}
+                                   "kdiga_ard", "absld", "cfa", "frl-rw", "frl-rmrw", "bat"}
     with pytest.raises(ValueError, match="valid: .*'ard'"):
         get_method("ardd")
     with pytest.raises(ValueError, match="valid options.*'tau'"):
@@ -438,3 +438,78 @@ def test_state_dict_round_trip(nets):
         assert torch.allclose(fresh.per_sample_loss(forward(nets, epoch=12, seed=3)),
                               trained.per_sample_loss(forward(nets, epoch=12, seed=3)))
     assert set(mtard.state_dict()) == {"lambda_adv", "lambda_nat", "eta_now", "init_loss", "init_loss_set"}
+
+
+# ---- robust-fairness baselines: FRL and BAT ------------------------------------------------------
+
+def frl_validation_table():
+    """Hand-made validation predictions: per-class clean acc (0.5, 1, 1), total 5/6;
+    PGD acc (0, 0.5, 1), total 1/2; boundary errors (0.5, 0.5, 0), total 1/3."""
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    clean = torch.tensor([1, 0, 1, 1, 1, 1]).bool()
+    robust = torch.tensor([0, 0, 1, 0, 1, 1]).bool()
+    return y, clean, robust
+
+
+@pytest.mark.parametrize("name", ["frl-rw", "frl-rmrw"])
+def test_frl_multiplier_update_weights_and_remargin(name):
+    m = get_method(name, C)
+    w0, w1, w2 = m.weights
+    assert torch.allclose(w0, torch.full((C,), 1 / 3)) and torch.allclose(w2, torch.ones(C))  # lambda = 0
+    m.update_multipliers(0, *frl_validation_table())
+    gap_clean = torch.tensor([0.5, 0, 0]) - 1 / 6 - 0.1          # class clean error - total - bound
+    gap_boundary = torch.tensor([0.5, 0.5, 0]) - 1 / 3 - 0.1     # class boundary error - total - bound
+    lam0 = (0.05 * gap_clean).clamp(min=0)                        # sums stay below limit 0.5: no rescaling
+    lam1 = (2 * 0.05 * gap_boundary).clamp(min=0)
+    assert torch.allclose(m.lambda_clean, lam0) and torch.allclose(m.lambda_boundary, lam1)
+    w0, w1, w2 = m.weights
+    assert torch.allclose(w0, 1 / 3 + lam0 - lam0.sum() / 3) and torch.allclose(w1, 1 / 3 + lam1 - lam1.sum() / 3)
+    if name == "frl-rmrw":
+        lam2 = 0.1 * gap_boundary                                 # not projected, may go negative
+        assert torch.allclose(m.lambda_margin, lam2)
+        assert torch.allclose(w2, torch.exp(2 * lam2).clamp(0.98, 2.5)) and w2[2] == pytest.approx(0.98)
+        assert torch.allclose(m.attack_eps(Y, 0), 8 / 255 * w2[Y])
+    else:
+        assert torch.equal(m.lambda_margin, torch.zeros(C)) and m.attack_eps(Y, 0) == 8 / 255
+
+
+def test_frl_projection_and_rate_halving():
+    m = get_method("frl-rw", C, limit=0.01)
+    m.update_multipliers(0, *frl_validation_table())
+    raw = (0.05 * (torch.tensor([0.5, 0, 0]) - 1 / 6 - 0.1)).clamp(min=0)   # 0.0117 > limit 0.01: rescaled
+    assert torch.allclose(m.lambda_clean, raw * 0.01 / raw.sum()) and m.lambda_clean.sum() == pytest.approx(0.01)
+    assert [m.rate1_at(e) for e in (0, 38, 39, 78, 79)] == pytest.approx([0.05, 0.05, 0.025, 0.025, 0.0125])
+    with pytest.raises(ValueError, match="val_per_class"):
+        m.begin_epoch(0, None)
+
+
+def test_frl_loss_is_the_batch_weighted_trades_mean(nets):
+    s = nets[0]
+    x, x_adv = inputs()
+    m = get_method("frl-rw", C, beta=1.5)
+    m.lambda_clean.copy_(torch.tensor([0.2, 0.0, 0.1]))
+    m.lambda_boundary.copy_(torch.tensor([0.0, 0.3, 0.0]))
+    w0 = torch.tensor([1 / 3 + 0.2 - 0.1, 1 / 3 - 0.1, 1 / 3 + 0.1 - 0.1], dtype=torch.float64)[Y]
+    w1 = torch.tensor([1 / 3 - 0.1, 1 / 3 + 0.3 - 0.1, 1 / 3 - 0.1], dtype=torch.float64)[Y]
+    ce_i, kl_i = ce(z(s, x), Y), kl(softmax(z(s, x)), softmax(z(s, x_adv)))
+    official = (w0 * ce_i + 1.5 * w1 * kl_i).sum() / (w0 + w1).sum()   # frl's batch loss
+    per_sample = m.per_sample_loss(forward(nets))
+    assert torch.allclose(per_sample.mean(), official)
+    assert torch.allclose(per_sample, B * (w0 * ce_i + 1.5 * w1 * kl_i) / (w0 + w1).sum())
+
+
+def test_bat_loss_and_attack(nets):
+    s = nets[0]
+    x, x_adv = inputs()
+    x_lc = (x + 0.01).clamp(0, 1)
+    f = forward(nets)
+    f.x_last_clean = x_lc
+    uniform = torch.full((B, C), 1 / C, dtype=torch.float64)
+    p_lc, p_fa = softmax(z(s, x_lc)), softmax(z(s, x_adv))
+    expected = (ce(z(s, x_lc), Y) + 6 * kl(softmax(z(s, x)), p_fa) + kl(p_lc, uniform) + kl(p_fa, uniform))
+    m = get_method("bat", C)
+    assert torch.allclose(m.per_sample_loss(f), expected)
+    assert (m.attack.eps, m.attack.step_size, m.attack.loss, m.attack.random_start) == (0.031, 0.007, "kl", "normal")
+    assert METHODS["bat"].optim.milestones == (74, 89, 99)
+    with pytest.raises(ValueError, match="early-stopped"):
+        m.per_sample_loss(forward(nets))

@@ -1,4 +1,5 @@
 """The training engine: schedules, Fair weighting over epochs, exact resume, kill/resume, NaN guard, DDP."""
+import dataclasses
 import json
 import os
 import signal
@@ -286,3 +287,47 @@ def test_trains_and_monitors_on_synthetic_svhn_and_tiny_imagenet(tmp_path, datas
     assert model.get_classifier().out_features == classes
     if classes == 10:  # the per-epoch PGD-10 monitor; at 200 classes it would cost a minute on CPU
         assert len(trainer.history[0]["monitor"]["clean"]["per_class"]) == classes
+
+
+def test_frl_fine_tunes_its_init_checkpoint_and_resumes_exactly(synthetic_root, teacher_ckpt, tmp_path):
+    """FRL starts from the given robust weights, updates its multipliers on the validation split before
+    every epoch (state that a resumed run must restore), and refuses to start without either."""
+    cfg = dataclasses.replace(small_cfg(synthetic_root, teacher_ckpt, method="frl-rmrw", n_per_class=8,
+                                        val_per_class=4, monitor_n=0),
+                              teacher=None, teacher_checkpoint=None, init_checkpoint=str(teacher_ckpt))
+    start = Trainer(cfg, tmp_path / "start", progress=False)
+    assert _states_equal(start.student.state_dict(), torch.load(teacher_ckpt, weights_only=True))
+    full = Trainer(cfg, tmp_path / "full", progress=False)
+    full.fit(resume=False)
+    assert full.method.lambda_margin.abs().sum() > 0   # two updates happened (epochs 0 and 1)
+    first = Trainer(cfg, tmp_path / "split", progress=False)
+    first.epochs = 1
+    first.fit(resume=False)
+    second = Trainer(cfg, tmp_path / "split", progress=False)
+    second.fit()
+    assert _states_equal(full.student.state_dict(), second.student.state_dict())
+    assert _states_equal(full.method.state_dict(), second.method.state_dict())
+    with pytest.raises(ValueError, match="init-checkpoint"):
+        Trainer(dataclasses.replace(cfg, init_checkpoint=None), tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="val_per_class"):
+        Trainer(dataclasses.replace(cfg, val_per_class=0), tmp_path / "x", progress=False)
+    assert cfg.key() != dataclasses.replace(cfg, init_checkpoint="other.pt").key()
+
+
+def test_bat_trains_on_its_early_stopped_iterates(synthetic_root, teacher_ckpt, tmp_path, monkeypatch):
+    from fairard import methods
+
+    seen = {}
+    original = methods.BAT.per_sample_loss
+
+    def spy(self, f):
+        seen.update(x=f.x, first_adv=f.x_adv, last_clean=f.x_last_clean)
+        return original(self, f)
+
+    monkeypatch.setattr(methods.BAT, "per_sample_loss", spy)
+    cfg = dataclasses.replace(small_cfg(synthetic_root, teacher_ckpt, method="bat", epochs=1, attack_steps=3,
+                                        n_per_class=8, monitor_n=0), teacher=None, teacher_checkpoint=None)
+    Trainer(cfg, tmp_path, progress=False).fit(resume=False)
+    for key in ("first_adv", "last_clean"):
+        assert (seen[key] - seen["x"]).abs().max() <= 0.031 + 1e-6
+    assert not torch.equal(seen["first_adv"], seen["last_clean"])
