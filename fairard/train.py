@@ -35,7 +35,7 @@ import torch.distributed as dist
 from . import data as D
 from .attacks import as_radius, pgd, start_point
 from .fairness import ClassStats, FairWeighting
-from .methods import AttackConfig, Forward, get_method
+from .methods import METHODS, AttackConfig, Forward, get_method
 from .models import build_model, folded_batchnorm, load_checkpoint, set_batchnorm_folding
 from .utils import provenance, resolve_device, save_torch, write_json
 
@@ -111,7 +111,14 @@ class TrainConfig:
         """Hash of the configuration; the device and the data root do not enter (amp does: it changes the numbers)."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("device", "data_root")}
         d["training_arithmetic"] = TRAINING_ARITHMETIC
+        revision = _method_revision(self.base_method)
+        if revision:  # only methods whose recipe changed: every other cached run keeps its key
+            d["method_revision"] = revision
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _method_revision(name: str) -> int:
+    return getattr(METHODS.get(name), "revision", 0)
 
 
 def lr_at(epoch: int, base_lr: float, milestones, schedule: str = "step") -> float:

@@ -513,3 +513,60 @@ def test_bat_loss_and_attack(nets):
     assert METHODS["bat"].optim.milestones == (74, 89, 99)
     with pytest.raises(ValueError, match="early-stopped"):
         m.per_sample_loss(forward(nets))
+
+
+# ---- fidelity switches ------------------------------------------------------------------------
+
+def bn_student(seed=1):
+    m = nn.Sequential(nn.Flatten(), nn.Linear(6, C), nn.BatchNorm1d(C)).double().train()
+    with torch.no_grad():
+        m[1].weight.copy_(linear(seed)[1].weight)
+    return m
+
+
+@pytest.mark.parametrize("name, epoch", [("ard", 0), ("iad", 0), ("iad", 70)])
+def test_official_clean_forward_changes_bn_statistics_and_nothing_else(nets, name, epoch):
+    runs = {}
+    for switch in (False, True):
+        student = bn_student()
+        f = Forward(student, *inputs()[:1], Y, x_adv=inputs()[1], teacher=nets[1], epoch=epoch, num_classes=C)
+        loss = get_method(name, C, official_clean_forward=switch).per_sample_loss(f)
+        loss.mean().backward()
+        runs[switch] = (loss.detach(), [p.grad.clone() for p in student.parameters()],
+                        student[2].running_mean.clone(), student[2].num_batches_tracked.item())
+    (loss0, grads0, mean0, n0), (loss1, grads1, mean1, n1) = runs[False], runs[True]
+    # Equal up to rounding (the first backward of a process can differ in the last bit from later ones).
+    assert torch.allclose(loss0, loss1, rtol=1e-12, atol=1e-15)
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-15) for a, b in zip(grads0, grads1))
+    assert not torch.allclose(mean0, mean1)
+    extra = {"ard": 1, "iad": 2 if epoch < 60 else 1}[name]   # ARD: clean; IAD: clean (if unused) + x'
+    assert n1 - n0 == extra
+
+
+def test_kdiga_batch_gamma_equivalent_per_sample_gamma():
+    g_t = torch.zeros(8, 3, 2, 2, dtype=torch.float64)
+    g_s = torch.randn(8, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g_s = g_s / g_s.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 0.3   # every sample's gap has norm 0.3
+    batch = get_method("kdiga", C, grad_align="official_batch", gamma=0.5)
+    per_sample = get_method("kdiga", C, gamma=batch.per_sample_gamma(0.5, 8))
+    assert per_sample.gamma == pytest.approx(0.5 / 8 ** 1.5)
+    assert torch.allclose(batch.gamma * batch.alignment(g_s, g_t).mean(),
+                          per_sample.gamma * per_sample.alignment(g_s, g_t).mean())
+
+
+def test_kdiga_ard_step_and_trades_script_budget():
+    assert METHODS["kdiga_ard"].attack.step_size == pytest.approx(1.6 / 255)
+    assert METHODS["kdiga"].attack is None and METHODS["ard"].attack.step_size == pytest.approx(2 / 255)
+    trades = get_method("trades", C, eps=0.031, step_size=0.007)
+    assert (trades.attack.eps, trades.attack.step_size, trades.attack_eps(Y, 0)) == (0.031, 0.007, 0.031)
+    assert METHODS["trades"].attack.eps == 8 / 255 and get_method("trades", C).attack is METHODS["trades"].attack
+
+
+def test_method_revision_enters_only_its_own_run_keys(monkeypatch):
+    from fairard.train import TrainConfig
+
+    keys = {m: TrainConfig(method=m).key() for m in ("kdiga_ard", "fair-kdiga_ard", "ard")}
+    monkeypatch.setattr(METHODS["kdiga_ard"], "revision", 2)
+    assert TrainConfig(method="kdiga_ard").key() != keys["kdiga_ard"]
+    assert TrainConfig(method="fair-kdiga_ard").key() != keys["fair-kdiga_ard"]
+    assert TrainConfig(method="ard").key() == keys["ard"]
