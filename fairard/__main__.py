@@ -67,6 +67,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import cmd_export as export
+
+    return export(args)
+
+
 def _train_config(args, method: str, student: str):
     from .train import TrainConfig
 
@@ -208,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the JSON result here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("export", help="a checkpoint as a RobustBench-style pair: state-dict .pt + JSON model card")
+    _add_common(p, train=False)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="path stem: writes STEM.pt and STEM.json")
+    p.add_argument("--name", default=None, help="model name in the JSON (default: the architecture)")
+    p.add_argument("--attacks", default="clean,aa", help="evaluated and recorded per class (clean and aa: the card)")
+    p.add_argument("--eps", type=float, default=8 / 255)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("train", help="distil a student (ard, fair-ard, rslad, ...)")
     _add_common(p, train=True)

@@ -68,3 +68,43 @@ def test_study_command_runs_a_notebook_study_and_reuses_the_cache(synthetic_root
     assert again.returncode == 0 and again.stdout.count(": cached") == 2 and "0 cache entries written" in again.stdout
     bad = env_run("study", "main_results", "--profile", "smoke", "--methods", "ard,fair-foo")
     assert bad.returncode == 2 and "valid:" in bad.stderr and "fair-ard" in bad.stderr
+
+
+def test_export_writes_a_robustbench_pair_that_loads_back_to_the_same_clean_accuracy(tmp_path):
+    import pytest
+
+    from conftest import write_synthetic_cifar
+    from fairard.data import test_tensors
+    from fairard.evaluate import evaluate
+    from fairard.export import model_card
+    from fairard.models import build_model, load_checkpoint
+
+    root = write_synthetic_cifar(tmp_path / "data", n_train=2, n_test=6)
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10)
+    for m in model.modules():   # non-trivial BN statistics, so a lost buffer would change the predictions
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+    ckpt = tmp_path / "student.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, ckpt)
+    out = tmp_path / "exports" / "student"
+    proc = _run("export", "--arch", "resnet8", "--checkpoint", str(ckpt), "--data-root", str(root), "--out", str(out),
+                "--attacks", "clean,pgd20", "--quiet", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads(out.with_name("student.json").read_text())
+    assert (card["architecture"], card["dataset"], card["threat_model"]) == ("resnet8", "cifar10", "Linf")
+    assert card["eps"] == pytest.approx(8 / 255) and card["autoattack_acc"] is None
+    assert isinstance(card["clean_acc"], float) and len(card["per_class_results"]["pgd20"]["per_class"]) == 10
+    state = torch.load(out.with_name("student.pt"), weights_only=True)
+    assert not any(k.startswith("module.") for k in state)    # a plain state dict
+    reloaded = load_checkpoint("resnet8", out.with_name("student.pt"))
+    x, y = test_tensors("cifar10", root=root)
+    again = evaluate(reloaded, x, y, attacks=("clean",), class_names=card["class_names"], progress=False,
+                     check_large_eps=0)
+    assert round(100 * again["attacks"]["clean"]["accuracy"], 2) == card["clean_acc"]
+    # AutoAttack's accuracy goes in as a number when it was run
+    fake = {"eps": 8 / 255, "n": 4, "class_names": ["a", "b"], "attacks": {
+        name: {"accuracy": acc, "worst_class_accuracy": 0.0, "worst_class_name": "a", "nsd": 0.1, "per_class": [0, acc]}
+        for name, acc in (("clean", 0.75), ("aa", 0.5))}}
+    assert (model_card("resnet8", "cifar10", fake)["clean_acc"], model_card("resnet8", "cifar10", fake)["autoattack_acc"]) \
+        == (75.0, 50.0)

@@ -217,6 +217,7 @@ def _randomised(name, **kw):
 @pytest.mark.parametrize("wrap", [
     lambda sd: {"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3},
     lambda sd: {"model": {"_orig_mod.module." + k: v for k, v in sd.items()}, "optimizer": {}},
+    lambda sd: {"model." + k: v for k, v in sd.items()},   # RobustBench's saved state dicts
     lambda sd: sd,
 ])
 def test_load_checkpoint_strips_prefixes_and_wrappers(tmp_path, wrap):

@@ -19,8 +19,9 @@ __all__ = ["CheckpointError", "clean_state_dict", "load_checkpoint"]
 
 # Wrappers written by common training scripts: {"state_dict": sd, "epoch": ...}, {"model": sd, "optimizer": ...}.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
-# DataParallel / DistributedDataParallel add "module.", torch.compile adds "_orig_mod." (possibly both, any order).
-_PREFIXES = ("module.", "_orig_mod.")
+# DataParallel / DistributedDataParallel add "module.", torch.compile adds "_orig_mod." (possibly both, any order);
+# RobustBench's saved state dicts of wrapped models carry "model." (no family here has a top-level "model" module).
+_PREFIXES = ("module.", "_orig_mod.", "model.")
 _MAX_LISTED = 12
 
 
@@ -29,7 +30,7 @@ class CheckpointError(ValueError):
 
 
 def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip leading ``module.`` / ``_orig_mod.`` prefixes from every key."""
+    """Strip leading ``module.`` / ``_orig_mod.`` / ``model.`` prefixes from every key."""
     out = {}
     for key, value in state_dict.items():
         while key.startswith(_PREFIXES):
@@ -109,8 +110,8 @@ def load_checkpoint(arch_or_model: str | nn.Module, path: str | Path, num_classe
                     map_location="cpu", filter_fn: Callable[[dict], dict] | None = None) -> nn.Module:
     """Load ``path`` strictly into ``arch_or_model`` (a registry name, built here, or a module); return it in eval mode.
 
-    Accepts a bare state dict or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``; strips ``module.``
-    and ``_orig_mod.`` prefixes; ``filter_fn`` converts a foreign key layout (applied after the prefix stripping).
+    Accepts a bare state dict or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``; strips ``module.``,
+    ``_orig_mod.`` and ``model.`` (RobustBench) prefixes; ``filter_fn`` converts a foreign key layout (applied after the prefix stripping).
     """
     path = Path(path)
     state_dict = clean_state_dict(_read(path, map_location))
