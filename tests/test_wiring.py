@@ -152,7 +152,9 @@ OFFICIAL = {
     "kdiga_ard": (2e-4, 200, (100, 150)), "cfa": (5e-4, 200, (100, 150)),
     "rslad": (2e-4, 300, (215, 260, 285)), "mtard": (2e-4, 300, (215, 260, 285)),
     "absld": (2e-4, 300, (215, 260, 285)),
+    "frl-rw": (5e-4, 120, (40, 80)), "frl-rmrw": (5e-4, 120, (40, 80)), "bat": (2e-4, 200, (74, 89, 99)),
 }
+OFFICIAL_LR = {"frl-rw": 0.001, "frl-rmrw": 0.001}  # FRL fine-tunes at lr 0.001; every other recipe starts at 0.1
 
 
 @pytest.mark.parametrize("fair", [False, True])
@@ -166,11 +168,13 @@ def test_optimiser_follows_each_methods_recipe(synthetic_root, tmp_path, fair):
     teacher = save_probe(tmp_path / "teacher.pt", seed=1)
     for method, (wd, epochs, milestones) in OFFICIAL.items():
         name = f"fair-{method}" if fair else method
+        frl = {"init_checkpoint": str(teacher), "val_per_class": 1} if method.startswith("frl") else {}
         trainer = make_trainer(synthetic_root, tmp_path / name, fixed_batches(1), teacher, method=name,
                                nat_teacher="probe_cnn", nat_teacher_checkpoint=teacher, epochs=None, milestones=None,
-                               batch_size=None)
+                               batch_size=None, **frl)
         (group,) = trainer.optimizer.param_groups
-        assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (0.1, 0.9, wd, fair), name
+        lr = OFFICIAL_LR.get(method, 0.1)
+        assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (lr, 0.9, wd, fair), name
         assert (trainer.epochs, tuple(trainer.milestones), trainer.batch_size) == (epochs, milestones, 128), name
 
 
