@@ -197,6 +197,14 @@ def test_torchrun_two_processes_match_one(synthetic_root, tmp_path):
         assert h1["class_stats"]["kappa"] == pytest.approx(h2["class_stats"]["kappa"], abs=1e-6)
         assert h1["next_class_weights"] == pytest.approx(h2["next_class_weights"], abs=1e-5)
     assert one[1]["class_weights"] != [1.0] * 10
+    # The trained weights, not only the statistics: two half-batches with all-reduced gradients take the same
+    # steps as one process (up to the rounding of the gradient sum). Fails if a rank skips the all-reduce.
+    final = [torch.load(tmp_path / f"w{world}" / "run" / "final.pt", weights_only=True) for world in (1, 2)]
+    initial = model.state_dict()  # the student starts from seed 0 too: the same weights as this teacher
+    assert final[0].keys() == final[1].keys() == initial.keys()
+    for k in final[0]:
+        torch.testing.assert_close(final[1][k], final[0][k], rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(final[0][k], initial[k])  # it trained
 
 
 @pytest.mark.skipif(shared_data_root() is None, reason="needs the CIFAR-10 copy ($FAIRARD_DATA or ../shared/data)")
