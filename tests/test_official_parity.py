@@ -30,7 +30,6 @@ from torch.autograd import Variable
 from conftest import REPO, train_briefly
 from fairard import attacks as A
 from fairard import evaluate as E
-from fairard.methods import ARD
 from fairard.train import lr_at
 from fixed_batch import FixedLoader, fixed_batches, make_trainer, save_probe
 
@@ -224,35 +223,23 @@ def test_fair_ard_and_iad_match_the_official_main(setup, cpu_only, script_name, 
     assert_same_parameters(trainer.student, basic_net)
 
 
-def test_official_clean_forward_changes_batchnorm_statistics_only(setup, cpu_only):
-    """Audit row 3: Fair-ARD's script runs an extra clean train-mode forward every batch (its CE term is
-    multiplied by 1 - alpha = 0), so the parameters agree but BatchNorm's running statistics do not."""
+@pytest.mark.parametrize("script_name,method,options,arg_overrides", [
+    ("Fair-ARD.py", "fair-ard", {}, {}),
+    ("Fair-IAD.py", "fair-iad", {"begin": 0}, {"begin": 0}),
+])
+def test_official_clean_forward_switch_closes_the_batchnorm_difference(setup, cpu_only, script_name, method, options,
+                                                                      arg_overrides):
+    """Audit row 3: the Fair-ARD / Fair-IAD scripts run extra train-mode forwards every batch (a clean one whose
+    CE term is multiplied by 1 - alpha = 0; IAD also an unused one on x'), so by default the parameters agree
+    but BatchNorm's running statistics do not; ``official_clean_forward=True`` makes those agree too."""
     uniform = lambda x: torch.zeros_like(x).uniform_(-EPS, EPS)  # noqa: E731
-    basic_net, _, _ = _official_main("Fair-ARD.py", setup, {}, 1, uniform)
-    trainer = fairard_run(setup, "fair-ard", 1, uniform, epochs=1)
-    trainer.fit(resume=False)
-    assert_same_parameters(trainer.student, basic_net)
-    assert not bn_buffers_equal(trainer.student, basic_net)
-
-
-def _clean_forward_switch():
-    names = [k for k in ARD.option_defaults() if "clean" in k and "forward" in k]
-    assert names, "fairard has no switch for the official clean train-mode forward of ARD/IAD (issue 14)"
-    return names[0]
-
-
-@pytest.mark.xfail(strict=True, reason="MISSING SWITCH: issue 14's option for the official clean train-mode "
-                                       "forward of ARD/IAD (audit row 3) has not landed; when it does this test "
-                                       "passes and the marker must go")
-def test_official_clean_forward_switch_closes_the_batchnorm_difference(setup, cpu_only):
-    """With the switch on, BatchNorm's running statistics match the official Fair-ARD script as well."""
-    uniform = lambda x: torch.zeros_like(x).uniform_(-EPS, EPS)  # noqa: E731
-    switch = _clean_forward_switch()
-    basic_net, _, _ = _official_main("Fair-ARD.py", setup, {}, 1, uniform)
-    trainer = fairard_run(setup, "fair-ard", 1, uniform, epochs=1, method_options={switch: True})
-    trainer.fit(resume=False)
-    assert_same_parameters(trainer.student, basic_net)
-    assert bn_buffers_equal(trainer.student, basic_net)
+    basic_net, _, _ = _official_main(script_name, setup, arg_overrides, 1, uniform)
+    for switch in (False, True):
+        trainer = fairard_run(setup, method, 1, uniform, epochs=1,
+                              method_options={**options, "official_clean_forward": switch})
+        trainer.fit(resume=False)
+        assert_same_parameters(trainer.student, basic_net)
+        assert bn_buffers_equal(trainer.student, basic_net) == switch
 
 
 # ------------------------------------------------------------------ Fair-RSLAD and Fair-MTARD: the epoch loop as written
