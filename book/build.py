@@ -208,7 +208,7 @@ def write_build_info(book: Path, notebooks: Path, profile: str) -> None:
     """``executed/build-info.md``: what this build executed, included by the book's first page.
 
     Rewritten only when its content changes, so an unchanged rebuild stays incremental."""
-    from fairard.experiments import dataset_note, get_profile
+    from fairard.profiles import dataset_note, get_profile
     from fairard.utils import git_commit
 
     executed = book / "executed"

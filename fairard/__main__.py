@@ -155,19 +155,25 @@ STUDIES = ("main_results", "inheritance", "capacity_gap")
 def cmd_study(args) -> int:
     """A notebook's study without Jupyter (e.g. on a GPU server): the same ``validate`` + study call,
     results cached under ``$FAIRARD_RESULTS``, summary tables printed."""
-    from . import experiments as E
+    import importlib
 
-    setup = E.validate(args.profile, methods=args.methods, attacks=args.attacks, seeds=args.seeds,
-                       other_seeds=args.other_seeds, headline=args.headline, results_dir=args.results,
-                       overrides=args.overrides, progress=not args.quiet)
+    from . import tables
+    from .store import results_dir
+
+    module = importlib.import_module(f".studies.{args.name}", __package__)
+    fields = dict(methods=args.methods, attacks=args.attacks, seeds=args.seeds, results_dir=args.results,
+                  overrides=args.overrides, progress=not args.quiet)
+    if args.name == "main_results":
+        fields.update(other_seeds=args.other_seeds, headline=args.headline)
+    setup = module.validate(args.profile, **{k: v for k, v in fields.items() if v is not None})
     print(setup.describe(), flush=True)
-    study = getattr(E, args.name)(setup)
+    study = module.study(setup)
     attacks = list(setup.attacks)
-    print("\n" + E.markdown_table(E.summarize_runs(study.results, attacks), attacks))
+    print("\n" + tables.markdown_table(tables.summarize_runs(study.results, attacks), attacks))
     if setup.headline_pairs:
-        print("\n" + E.headline_markdown(E.headline(study.results, setup.headline_pairs), setup))
+        print("\n" + tables.headline_markdown(tables.headline(study.results, setup.headline_pairs), setup))
     print(f"\n{len(study.results)} runs, {len(study.computed)} cache entries written, {study.seconds:.0f} s; "
-          f"results under {E.results_dir()}")
+          f"results under {results_dir()}")
     return 0
 
 

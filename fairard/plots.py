@@ -2,7 +2,7 @@
 the headline comparison, a mean ± std dot plot, class-weight trajectories, teacher ↔ student scatter and
 the capacity-gap curves.
 
-Every function takes results as ``fairard.experiments`` returns them, draws one figure with pyplot (so a
+Every function takes results as ``fairard.runs.run`` returns them, draws one figure with pyplot (so a
 notebook's inline backend shows it once, at the end of the cell) and returns it.  ``caption`` is printed
 under the axes: pass ``Study.caption(...)`` so every figure carries profile, data, seeds and commit.
 """
@@ -13,7 +13,7 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import experiments as E
+from . import tables as T
 
 __all__ = ["per_class_bars", "per_class_heatmap", "paired_seeds", "summary_figure",
            "class_weight_trajectories", "teacher_student_scatter", "per_class_lines", "capacity_curves"]
@@ -37,7 +37,7 @@ def _class_names(results, teacher):
 
 def _groups(results, teacher, attack, methods=None):
     """[(label, mean, std, seeds)] with the teacher first, methods in the order asked (or met)."""
-    acc = E.class_accuracy(list(results), attack)
+    acc = T.class_accuracy(list(results), attack)
     out = []
     if teacher is not None:
         t = np.array(teacher["evaluation"]["attacks"][attack]["per_class"], dtype=float)
@@ -101,7 +101,7 @@ def paired_seeds(results, pairs, attacks=("pgd20", "aa"), *, what: str = "worst_
     fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 3.6), squeeze=False)
     for ax, a in zip(axes[0], attacks):
         for i, (base, fair) in enumerate(pairs):
-            by = {(r["method"], r["seed"]): 100 * E.metric(r, a, what) for r in results}
+            by = {(r["method"], r["seed"]): 100 * T.metric(r, a, what) for r in results}
             seeds = sorted({s for m, s in by if m == base} & {s for m, s in by if m == fair})
             for s in seeds:
                 ax.plot([2 * i, 2 * i + 1], [by[(base, s)], by[(fair, s)]], "o-", color=plt.get_cmap("tab10")(s % 10),
@@ -170,7 +170,7 @@ def teacher_student_scatter(results, teacher, attack: str = "pgd20", *, methods=
     groups = _groups(results, None, attack, methods)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for i, (label, mean, _, _) in enumerate(groups):
-        r, rho = E.pearson(t, mean), E.spearman(t, mean)
+        r, rho = T.pearson(t, mean), T.spearman(t, mean)
         ax.scatter(t, 100 * mean, color=plt.get_cmap("tab10")(i % 10), s=22,
                    label=f"{label}: r={r:.2f}, ρ={rho:.2f}" if r == r else f"{label}: r=n/a")
     hi = max(1.0, float(np.nanmax(t)), max(float(np.nanmax(100 * g[1])) for g in groups)) * 1.05

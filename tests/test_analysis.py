@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from fairard import analysis as A  # noqa: E402
-from fairard import experiments as E  # noqa: E402
+from fairard import fairness, profiles, runs, tables  # noqa: E402
+from fairard.studies import aa_variants, ablations, kdiga, weighting_explorer  # noqa: E402
 from fairard.fairness import class_weights  # noqa: E402
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -62,11 +62,11 @@ def _net(seed):
 def test_gradient_gap_zero_for_same_model_positive_otherwise(tiny_problem):
     _, x, y = tiny_problem
     teacher, student = _net(0), _net(1)
-    same = A.input_gradient_gap(teacher, teacher, x, y)
+    same = kdiga.input_gradient_gap(teacher, teacher, x, y)
     assert same["l2"] == 0.0 and same["cosine"] == pytest.approx(1.0)
     copy = _net(0)  # an identical copy, a different object
-    assert A.input_gradient_gap(copy, teacher, x, y)["l2"] == pytest.approx(0.0, abs=1e-12)
-    other = A.input_gradient_gap(student, teacher, x, y)
+    assert kdiga.input_gradient_gap(copy, teacher, x, y)["l2"] == pytest.approx(0.0, abs=1e-12)
+    other = kdiga.input_gradient_gap(student, teacher, x, y)
     assert other["l2"] > 0 and other["cosine"] < 1
     assert len(other["per_sample_l2"]) == len(y) and len(other["per_class_l2"]) == 10
 
@@ -75,8 +75,8 @@ def test_gradient_gap_is_per_sample_eval_mode_and_restores_mode(tiny_problem):
     _, x, y = tiny_problem
     teacher, student = _net(0).eval(), _net(1)
     student.train()
-    full = A.input_gradient_gap(student, teacher, x, y, batch_size=256)
-    one_by_one = A.input_gradient_gap(student, teacher, x, y, batch_size=1)  # eval BN: samples independent
+    full = kdiga.input_gradient_gap(student, teacher, x, y, batch_size=256)
+    one_by_one = kdiga.input_gradient_gap(student, teacher, x, y, batch_size=1)  # eval BN: samples independent
     assert torch.allclose(full["per_sample_l2"], one_by_one["per_sample_l2"], rtol=1e-4, atol=1e-7)
     assert student.training and not teacher.training
     # The definition, written out for sample 0.
@@ -91,8 +91,8 @@ def test_gradient_gap_is_per_sample_eval_mode_and_restores_mode(tiny_problem):
 # ------------------------------------------------------------------------ weights replayed from a log
 def test_weights_grid_matches_class_weights():
     history = synthetic_history()
-    betas, clamps = [0.0, 1.0, 2.0, 3.5], [list(A.OFFICIAL_CLAMP), None, [0.5, 4.0]]
-    grid = A.weights_grid(history, betas, clamps, class_names=NAMES)
+    betas, clamps = [0.0, 1.0, 2.0, 3.5], [list(profiles.OFFICIAL_CLAMP), None, [0.5, 4.0]]
+    grid = weighting_explorer.weights_grid(history, betas, clamps, class_names=NAMES)
     json.dumps(grid)  # JSON-able
     assert grid["measures"] == ["kappa", "robust_acc", "adv_loss"] and grid["unavailable"] == ["clean_acc"]
     for m, measure in enumerate(grid["measures"]):
@@ -109,44 +109,44 @@ def test_weights_grid_matches_class_weights():
 
 def test_replayed_weights_equal_trainer_weights_and_bad_epoch_is_an_error():
     history = synthetic_history()
-    result = {"config": {"beta": 2.0, "clamp": list(A.OFFICIAL_CLAMP), "difficulty": "kappa"}}
-    assert A.history_consistency(result, history) < 1e-6
-    assert A.weights_at(history, -1, 2.0, A.OFFICIAL_CLAMP, "kappa").tolist() == pytest.approx(
+    result = {"config": {"beta": 2.0, "clamp": list(profiles.OFFICIAL_CLAMP), "difficulty": "kappa"}}
+    assert weighting_explorer.history_consistency(result, history) < 1e-6
+    assert weighting_explorer.weights_at(history, -1, 2.0, profiles.OFFICIAL_CLAMP, "kappa").tolist() == pytest.approx(
         history[-1]["next_class_weights"], abs=1e-6)
     with pytest.raises(ValueError, match=r"epoch must be in \[0, 2\]"):
-        A.weights_at(history, 3, 2.0, None, "kappa")
+        weighting_explorer.weights_at(history, 3, 2.0, None, "kappa")
     with pytest.raises(ValueError, match="no 'clean_correct'"):
-        A.weights_at(history, 0, 2.0, None, "clean_acc")
-    assert A.available_measures(synthetic_history(with_clean=True)) == list(A.DIFFICULTY_MEASURES)
+        weighting_explorer.weights_at(history, 0, 2.0, None, "clean_acc")
+    assert weighting_explorer.available_measures(synthetic_history(with_clean=True)) == list(fairness.DIFFICULTY_MEASURES)
 
 
 def test_weights_table_and_figure():
     history = synthetic_history()
-    table = A.weights_table(history, -1, 2.0, A.OFFICIAL_CLAMP, "kappa", NAMES)
+    table = weighting_explorer.weights_table(history, -1, 2.0, profiles.OFFICIAL_CLAMP, "kappa", NAMES)
     assert table.count("\n|") >= 11 and "trainer's weight" in table and "weights for epoch 3" in table
-    fig = A.weights_figure(history, 0, 3.0, None, "adv_loss", NAMES, "t")
+    fig = weighting_explorer.weights_figure(history, 0, 3.0, None, "adv_loss", NAMES, "t")
     assert len(fig.axes) == 2
     heights = [p.get_height() for p in fig.axes[1].patches]
-    assert heights == pytest.approx(A.weights_at(history, 0, 3.0, None, "adv_loss").tolist(), rel=1e-6)
+    assert heights == pytest.approx(weighting_explorer.weights_at(history, 0, 3.0, None, "adv_loss").tolist(), rel=1e-6)
 
 
 def test_explorer_widget_updates_weights_live():
     history = synthetic_history()
-    box = A.explorer_widget(history, NAMES)
-    assert box.state["weights"] == pytest.approx(A.weights_at(history, -1, 2.0, A.OFFICIAL_CLAMP, "kappa").tolist())
+    box = weighting_explorer.explorer_widget(history, NAMES)
+    assert box.state["weights"] == pytest.approx(weighting_explorer.weights_at(history, -1, 2.0, profiles.OFFICIAL_CLAMP, "kappa").tolist())
     box.controls["beta"].value = 4.0
     box.controls["clamp_on"].value = False
     box.controls["epoch"].value = 0
     box.controls["measure"].value = "robust_acc"
-    assert box.state["weights"] == pytest.approx(A.weights_at(history, 0, 4.0, None, "robust_acc").tolist())
+    assert box.state["weights"] == pytest.approx(weighting_explorer.weights_at(history, 0, 4.0, None, "robust_acc").tolist())
     assert set(box.controls) == {"beta", "low", "high", "clamp_on", "measure", "epoch"}
 
 
 # --------------------------------------------------------------------------- kernel-free explorer
 def test_static_explorer_html_is_self_contained_with_controls():
     history = synthetic_history()
-    grid = A.weights_grid(history, [0.0, 2.0], [list(A.OFFICIAL_CLAMP), None], class_names=NAMES[:9] + ["</script>"])
-    html = A.static_explorer_html(grid, title="t <b>")
+    grid = weighting_explorer.weights_grid(history, [0.0, 2.0], [list(profiles.OFFICIAL_CLAMP), None], class_names=NAMES[:9] + ["</script>"])
+    html = weighting_explorer.static_explorer_html(grid, title="t <b>")
     assert "<script src" not in html.lower()
     assert not re.search(r"https?://", html)
     for control in ('<select data-role="measure"', '<select data-role="clamp"',
@@ -188,8 +188,8 @@ console.log(JSON.stringify({first, second: count(), beta: els['beta-value'].text
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the explorer's JavaScript")
 def test_static_explorer_javascript_draws_bars(tmp_path):
     history = synthetic_history()
-    grid = A.weights_grid(history, [0.0, 2.0], [list(A.OFFICIAL_CLAMP), None], class_names=NAMES)
-    (tmp_path / "view.html").write_text(A.static_explorer_html(grid))
+    grid = weighting_explorer.weights_grid(history, [0.0, 2.0], [list(profiles.OFFICIAL_CLAMP), None], class_names=NAMES)
+    (tmp_path / "view.html").write_text(weighting_explorer.static_explorer_html(grid))
     (tmp_path / "dom.js").write_text(_FAKE_DOM)
     out = subprocess.run(["node", str(tmp_path / "dom.js"), str(tmp_path / "view.html")], capture_output=True,
                          text=True, timeout=60)
@@ -203,59 +203,59 @@ def test_static_explorer_javascript_draws_bars(tmp_path):
 
 # ----------------------------------------------------------------------------------- parameter checks
 def test_as_list_reads_papermill_strings():
-    assert A.as_list('["kappa", "adv_loss"]', "m") == ["kappa", "adv_loss"]
-    assert A.as_list("kappa, adv_loss", "m") == ["kappa", "adv_loss"]
-    assert A.as_list("[0, 2.5]", "b", float) == [0.0, 2.5]
-    assert A.check_clamp("[0.5, 3]") == (0.5, 3.0) and A.check_clamp("None") is None
+    assert profiles.as_list('["kappa", "adv_loss"]', "m") == ["kappa", "adv_loss"]
+    assert profiles.as_list("kappa, adv_loss", "m") == ["kappa", "adv_loss"]
+    assert profiles.as_list("[0, 2.5]", "b", float) == [0.0, 2.5]
+    assert profiles.check_clamp("[0.5, 3]") == (0.5, 3.0) and profiles.check_clamp("None") is None
     with pytest.raises(ValueError, match="not a valid float"):
-        A.as_list(["x"], "b", float)
+        profiles.as_list(["x"], "b", float)
 
 
 def test_validation_errors_list_valid_values():
     with pytest.raises(ValueError, match="valid: kappa, robust_acc, adv_loss, clean_acc"):
-        A.validate_ablations("smoke", measures=["kappa", "entropy"])
+        ablations.validate("smoke", measures=["kappa", "entropy"])
     with pytest.raises(ValueError, match="valid: measure, beta, clamp, quirks"):
-        A.validate_ablations("smoke", ablations=["temperature"])
+        ablations.validate("smoke", ablations=["temperature"])
     with pytest.raises(ValueError, match="Fair-\\* method.*valid: fair-ard"):
-        A.validate_ablations("smoke", method="ard")
+        ablations.validate("smoke", method="ard")
     with pytest.raises(ValueError, match="0 < low <= high"):
-        A.validate_ablations("smoke", clamp=[3, 1])
+        ablations.validate("smoke", clamp=[3, 1])
     with pytest.raises(ValueError, match="finite numbers >= 0"):
-        A.validate_ablations("smoke", betas=[-1])
+        ablations.validate("smoke", betas=[-1])
     with pytest.raises(ValueError, match="valid: smoke, quick, paper"):
-        A.validate_ablations("tiny")
+        ablations.validate("tiny")
     with pytest.raises(ValueError, match="valid: kd, kdiga, kdiga_ard, fair-kdiga"):
-        A.validate_kdiga("smoke", methods=["kd", "ard"])
+        kdiga.validate("smoke", methods=["kd", "ard"])
     with pytest.raises(ValueError, match="unknown student"):
-        A.validate_kdiga("smoke", students=["resnet9000"])
+        kdiga.validate("smoke", students=["resnet9000"])
     with pytest.raises(ValueError, match="missing \\['aa10'\\]"):
-        A.validate_aa_variants("smoke", attacks=["clean", "aa"])
+        aa_variants.validate("smoke", attacks=["clean", "aa"])
     with pytest.raises(ValueError, match="unknown attack"):
-        A.validate_aa_variants("smoke", attacks=["clean", "aa", "aa10", "aa100"])
+        aa_variants.validate("smoke", attacks=["clean", "aa", "aa10", "aa100"])
     with pytest.raises(ValueError, match="valid: kappa"):
-        A.validate_explorer("smoke", measure="margin")
+        weighting_explorer.validate("smoke", measure="margin")
     with pytest.raises(ValueError, match="clamp_on must be True or False"):
-        A.validate_explorer("smoke", clamp_on="yes")
+        weighting_explorer.validate("smoke", clamp_on="yes")
     with pytest.raises(ValueError, match=r"epoch must be in \[0, 3\]"):
-        A.validate_explorer("smoke", epoch=4)
+        weighting_explorer.validate("smoke", epoch=4)
 
 
 def test_validate_raises_student_epochs_and_exposes_values():
-    c = A.validate_ablations("smoke", betas="[0, 4]", min_epochs=3)
-    assert c.setup.student_epochs == 3 and c.betas == [0.0, 4.0] and c.clamp == A.OFFICIAL_CLAMP
+    c = ablations.validate("smoke", betas="[0, 4]", min_epochs=3)
+    assert c.setup.student_epochs == 3 and c.betas == [0.0, 4.0] and c.clamp == profiles.OFFICIAL_CLAMP
     assert "betas" in c.describe() and "student_epochs" in c.describe()
     with pytest.raises(AttributeError, match="no parameter 'gamma'"):
         c.gamma
-    k = A.validate_kdiga("smoke", methods=["kd", "kdiga"])
+    k = kdiga.validate("smoke", methods=["kd", "kdiga"])
     assert k.setup.methods == ("kdiga",)  # KD and KDIGA share the registered method
 
 
 # ------------------------------------------------------------------------------------ ablation plan
 def test_ablation_plan_changes_one_thing_per_arm():
-    p = E.get_profile("quick")
-    plan = A.ablation_plan(p, "fair-ard", A.ABLATIONS, A.DIFFICULTY_MEASURES, [0.0, 1.0, 2.0, 3.0, 4.0],
-                           A.OFFICIAL_CLAMP, A.QUIRKS)
-    base = {"difficulty": "kappa", "beta": 2.0, "clamp": A.OFFICIAL_CLAMP, "lr_schedule": "step"}
+    p = profiles.get_profile("quick")
+    plan = ablations.ablation_arms(p, "fair-ard", ablations.ABLATIONS, fairness.DIFFICULTY_MEASURES, [0.0, 1.0, 2.0, 3.0, 4.0],
+                           profiles.OFFICIAL_CLAMP, ablations.QUIRKS)
+    base = {"difficulty": "kappa", "beta": 2.0, "clamp": profiles.OFFICIAL_CLAMP, "lr_schedule": "step"}
     assert len(plan) == 4 + 5 + 2 + 4
     for arm in plan:
         changed = {k for k in base if arm["overrides"][k] != base[k]} | set(arm["overrides"]) - set(base)
@@ -266,10 +266,10 @@ def test_ablation_plan_changes_one_thing_per_arm():
     assert "method_options" not in mtard[0]["overrides"]  # off = the method's default
     assert mtard[1]["overrides"]["method_options"] == {"mtard_clean_target": "robust_teacher_adv"}
     assert all(a["method"] == "fair-mtard" for a in mtard)
-    as_mtard = A.ablation_plan(p, "fair-mtard", ["quirks"], [], [], A.OFFICIAL_CLAMP, ["mtard_clean_target"])
+    as_mtard = ablations.ablation_arms(p, "fair-mtard", ["quirks"], [], [], profiles.OFFICIAL_CLAMP, ["mtard_clean_target"])
     assert as_mtard[0]["baseline"] and not as_mtard[1]["baseline"]
-    smoke = A.ablation_plan(E.get_profile("smoke"), "fair-ard", ["measure", "beta"], A.DIFFICULTY_MEASURES,
-                            [0.0, 1.0, 2.0, 3.0, 4.0], A.OFFICIAL_CLAMP, A.QUIRKS)
+    smoke = ablations.ablation_arms(profiles.get_profile("smoke"), "fair-ard", ["measure", "beta"], fairness.DIFFICULTY_MEASURES,
+                            [0.0, 1.0, 2.0, 3.0, 4.0], profiles.OFFICIAL_CLAMP, ablations.QUIRKS)
     assert [a["setting"] for a in smoke] == ["kappa", "robust_acc", "0", "2"]
 
 
@@ -283,12 +283,12 @@ def test_run_labelled_skips_unrecorded_measures_once_and_shares_runs(monkeypatch
             raise ValueError("ClassStats has no 'clean_correct' values this epoch; pass clean_correct=...")
         return [fake_result(cfg.method, cfg.seed, [0.5] * 10, attacks=("clean",), key=cfg.difficulty)]
 
-    monkeypatch.setattr(E, "run_all", fake_run_all)
+    monkeypatch.setattr(runs, "run_all", fake_run_all)
     from fairard.train import TrainConfig
     arms = [{"label": f"measure: {d}", "ablation": "measure", "setting": d,
              "cfg": TrainConfig(method="fair-ard", difficulty=d, seed=s)}
             for d in ("kappa", "clean_acc", "kappa") for s in (0, 1)]
-    results, skipped = A.run_labelled(E.get_profile("smoke"), arms, ["clean"])
+    results, skipped = runs.run_labelled(profiles.get_profile("smoke"), arms, ["clean"])
     assert calls == [("kappa", 0), ("kappa", 1), ("clean_acc", 0)]  # duplicates shared, later seeds not tried
     assert [r["method"] for r in results] == ["measure: kappa"] * 4 and results[0]["run_method"] == "fair-ard"
     assert len(skipped) == 2 and "clean_correct" in skipped[0]["reason"] and "cfg" not in skipped[0]
@@ -296,14 +296,14 @@ def test_run_labelled_skips_unrecorded_measures_once_and_shares_runs(monkeypatch
 
 def test_lr_sequence_shows_the_single_decay_quirk():
     cfg = {"method": "fair-ard", "epochs": 8, "milestones": [4, 6], "lr": None}
-    step = A.lr_sequence({"config": {**cfg, "lr_schedule": "step"}})
-    single = A.lr_sequence({"config": {**cfg, "lr_schedule": "official_single_decay"}})
+    step = ablations.lr_sequence({"config": {**cfg, "lr_schedule": "step"}})
+    single = ablations.lr_sequence({"config": {**cfg, "lr_schedule": "official_single_decay"}})
     assert step[-1] == pytest.approx(0.001) and single[-1] == pytest.approx(0.01) and step[:6] == single[:6]
-    assert A._run_length([0.1, 0.1, 0.01]) == "0.1×2, 0.01×1"
+    assert ablations._run_length([0.1, 0.1, 0.01]) == "0.1×2, 0.01×1"
 
 
 def test_ablation_tables_figures_and_glue():
-    p = E.get_profile("smoke")
+    p = profiles.get_profile("smoke")
     results = []
     for seed in (0, 1):
         for ablation, setting, acc, base in (("beta", "0", 0.3, False), ("beta", "2", 0.5, True),
@@ -315,14 +315,14 @@ def test_ablation_tables_figures_and_glue():
             results.append({**r, "ablation": ablation, "setting": setting, "baseline": base})
     study = {"profile": p, "method": "fair-ard", "results": results, "attacks": ["clean", "pgd20"],
              "attack": "pgd20", "skipped": [{"ablation": "measure", "setting": "clean_acc", "reason": "not recorded"}]}
-    table = A.ablation_table(study)
+    table = ablations.ablation_table(study)
     assert "| beta: 0 | resnet8 | 0,1 | 30.0 ± 0.0" in table and "*measure: clean_acc*: not run" in table
-    quirks = A.quirk_table(study)
+    quirks = ablations.quirk_table(study)
     assert "| lr_schedule | step → official_single_decay |" in quirks and "-5.0 ± 5.0" in quirks
     assert "0.1×2, 0.01×1, 0.001×1 vs 0.1×2, 0.01×2" in quirks
-    glue = A.ablation_glue(study)
+    glue = ablations.ablation_glue(study)
     assert glue["abl_beta_0_pgd20_worst"] == 30.0 and glue["abl_beta_2_pgd20_avg"] == 50.0
-    fig = A.ablation_figure(study)
+    fig = ablations.ablation_figure(study)
     assert len(fig.axes) == 2 and "seeds 0,1" in fig._suptitle.get_text()
 
 
@@ -332,34 +332,34 @@ def test_aa_rows_table_and_figure():
     aa10 = [0.3, 0.4] + [0.5] * 8
     results = [fake_result("ard", s, {"clean": [0.9] * 10, "pgd20": [0.6] * 10, "aa": aa, "aa10": aa10})
                for s in (0, 1)]
-    study = {"profile": E.get_profile("smoke"), "results": results, "attacks": ["clean", "pgd20", "aa", "aa10"]}
-    (row,) = A.aa_rows(study)
+    study = {"profile": profiles.get_profile("smoke"), "results": results, "attacks": ["clean", "pgd20", "aa", "aa10"]}
+    (row,) = aa_variants.aa_rows(study)
     assert row["diff"][0] == pytest.approx(0.1) and row["aa_worst"] == 0.2 and row["aa10_worst"] == 0.3
-    table = A.aa_table(study)
+    table = aa_variants.aa_table(study)
     assert "| airplane | 20.0 | 30.0 | +10.0 |" in table and "| **worst class** | 20.0 | 30.0 | +10.0 |" in table
-    assert A.aa_glue(study)["aa_ard_resnet8_max_class_gap"] == 10.0
-    assert len(A.aa_figure(study).axes) == 1
+    assert aa_variants.aa_glue(study)["aa_ard_resnet8_max_class_gap"] == 10.0
+    assert len(aa_variants.aa_figure(study).axes) == 1
 
 
 def test_gap_table_and_figure():
     results = [fake_result(m, 0, [acc] * 10, attacks=("clean", "pgd20")) for m, acc in (("KD", 0.1), ("KDIGA", 0.3))]
     gaps = [{"method": m, "student": "resnet8", "seed": 0, "n": 50, "l2": g, "cosine": c, "teacher_norm": 2.0,
              "per_class_l2": [g] * 10} for m, g, c in (("KD", 1.0, 0.2), ("KDIGA", 0.5, 0.7))]
-    study = {"profile": E.get_profile("smoke"), "results": results, "gaps": gaps, "attacks": ["clean", "pgd20"],
+    study = {"profile": profiles.get_profile("smoke"), "results": results, "gaps": gaps, "attacks": ["clean", "pgd20"],
              "attack": "pgd20"}
-    table = A.gap_table(study)
+    table = kdiga.gap_table(study)
     assert "| KD | resnet8 | 0 | 1.0000 ± 0.0000 | 0.50 ± 0.00 | 0.200 ± 0.000 | 10.0 ± 0.0 |" in table
-    glue = A.kdiga_glue(study)
+    glue = kdiga.kdiga_glue(study)
     assert glue["kdiga_kd_resnet8_gap"] == glue["kdiga_kd_gap"] == 1.0 and glue["kdiga_kd_cos"] == 0.2
     assert glue["kdiga_kdiga_gap"] == 0.5 and glue["kdiga_kdiga_cos"] == 0.7
     assert glue["kdiga_kd_gap_rel"] == 0.5 and glue["kdiga_kdiga_gap_rel"] == 0.25  # over the teacher's norm (2)
     assert glue["kdiga_kd_pgd20_avg"] == 10.0 and glue["kdiga_kdiga_resnet8_pgd20_worst"] == 30.0
     assert glue["kdiga_kd_pgd20_avg_std"] == 0.0  # one seed per method here
-    assert len(A.kdiga_figure(study).axes) == 2
+    assert len(kdiga.kdiga_figure(study).axes) == 2
 
 
 def test_caption_names_profile_data_seeds_commit():
-    text = A.caption(E.get_profile("smoke"), [fake_result("ard", 1, [0.5] * 10)])
+    text = tables.caption(profiles.get_profile("smoke"), [fake_result("ard", 1, [0.5] * 10)])
     assert "profile smoke" in text and "seeds 1" in text and "commit abcdef0-dirty" in text and "torch 2.x" in text
 
 
@@ -368,12 +368,12 @@ def test_caption_names_profile_data_seeds_commit():
 def test_recorded_run_replays_and_gap_on_real_checkpoints(synthetic_root, tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRARD_DATA", str(synthetic_root))
     monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path))
-    c = A.validate_explorer("smoke", attacks=["clean"], min_epochs=2, device="cpu", progress=False,
+    c = weighting_explorer.validate("smoke", attacks=["clean"], min_epochs=2, device="cpu", progress=False,
                             overrides={"eval_per_class": 2})
-    result, history = A.recorded_run(c)
-    assert len(history) == 2 and A.history_consistency(result, history) < 1e-6
-    assert A.run_path(result).name.endswith(result["train_key"]) and (A.run_path(result) / "final.pt").exists()
-    student, teacher = A.load_student(result), A.load_teacher(c.setup, progress=False)
-    x, y = A.test_images("cifar10", 2)
-    assert A.input_gradient_gap(student, teacher, x, y)["l2"] > 0
-    assert A.input_gradient_gap(teacher, teacher, x, y)["l2"] == 0
+    result, history = weighting_explorer.recorded_run(c)
+    assert len(history) == 2 and weighting_explorer.history_consistency(result, history) < 1e-6
+    assert runs.run_path(result).name.endswith(result["train_key"]) and (runs.run_path(result) / "final.pt").exists()
+    student, teacher = runs.load_student(result), runs.load_teacher(c.setup, progress=False)
+    x, y = runs.test_images("cifar10", 2)
+    assert kdiga.input_gradient_gap(student, teacher, x, y)["l2"] > 0
+    assert kdiga.input_gradient_gap(teacher, teacher, x, y)["l2"] == 0

@@ -139,7 +139,7 @@ def test_result_chapters_state_provenance(book_html, book_env):
 
 def test_api_reference_documents_the_package(book_html):
     text = (book_html / "api.html").read_text()
-    for obj in ("fairard.fairness.class_weights", "fairard.attacks.pgd", "fairard.experiments.run",
+    for obj in ("fairard.fairness.class_weights", "fairard.attacks.pgd", "fairard.runs.run",
                 "fairard.methods.ARD"):
         assert f'id="{obj}"' in text, f"API reference lacks {obj}"
 

@@ -3,11 +3,11 @@ the summaries the notebooks print (compare_pair's verdict, tables, correlations)
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-from fairard import experiments as E
+from fairard import profiles, runs, store, tables
+from fairard.studies import capacity_gap, inheritance, main_results
 from fairard import train as T
 from fairard.train import TrainConfig
 
@@ -15,12 +15,12 @@ NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"
 
 
 # ---- profiles and validation -----------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(E.PROFILES))
+@pytest.mark.parametrize("name", list(profiles.PROFILES))
 def test_profiles_are_printable_plain_data(name):
-    p = E.PROFILES[name]
+    p = profiles.PROFILES[name]
     text = json.dumps(p.to_dict())                      # plain data: JSON and back
     back = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
-    assert E.Profile(**back) == p
+    assert profiles.Profile(**back) == p
     described = p.describe()
     assert all(f.name in described for f in dataclasses.fields(p))
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -28,27 +28,27 @@ def test_profiles_are_printable_plain_data(name):
 
 
 def test_get_profile_overrides_and_unknown_field():
-    p = E.get_profile("quick", student_epochs=7, seeds="0,1", students='["resnet14"]', n_per_class=None)
+    p = profiles.get_profile("quick", student_epochs=7, seeds="0,1", students='["resnet14"]', n_per_class=None)
     assert (p.student_epochs, p.seeds, p.students) == (7, (0, 1), ("resnet14",))
-    assert p.n_per_class == E.PROFILES["quick"].n_per_class          # None keeps the profile's value
-    assert E.PROFILES["quick"].student_epochs != 7                   # the registry is untouched
+    assert p.n_per_class == profiles.PROFILES["quick"].n_per_class          # None keeps the profile's value
+    assert profiles.PROFILES["quick"].student_epochs != 7                   # the registry is untouched
     with pytest.raises(ValueError, match=r"unknown profile field\(s\) \['epochs'\]; valid: .*student_epochs"):
-        E.get_profile("quick", epochs=3)
+        profiles.get_profile("quick", epochs=3)
     with pytest.raises(ValueError, match="unknown profile 'huge'; valid: smoke, quick, paper"):
-        E.get_profile("huge")
+        profiles.get_profile("huge")
     with pytest.raises(ValueError, match="positive integer"):
-        E.get_profile("smoke", student_epochs="five")
+        profiles.get_profile("smoke", student_epochs="five")
     with pytest.raises(ValueError, match="unknown student.*valid: .*resnet8"):
-        E.get_profile("smoke", students=["resnet9"])
+        profiles.get_profile("smoke", students=["resnet9"])
 
 
 def test_validate_reads_papermill_strings_and_lists_valid_values():
-    s = E.validate("smoke", methods='["ard","fair-ard","iad"]', seeds="[0, 1, 2]", headline=["ard", "rslad"])
-    assert isinstance(s, E.Profile) and s.methods == ("ard", "fair-ard", "iad")
+    s = profiles.validate("smoke", methods='["ard","fair-ard","iad"]', seeds="[0, 1, 2]", headline=["ard", "rslad"])
+    assert isinstance(s, profiles.Profile) and s.methods == ("ard", "fair-ard", "iad")
     assert s.seeds == (0, 1, 2) and s.other_seeds == (0,)            # other methods: first seed only
     assert s.headline_pairs == (("ard", "fair-ard"),)                 # rslad's pair was not asked for
-    assert E.validate("smoke", seeds=3, other_seeds="1,2").other_seeds == (1, 2)
-    assert E.validate("smoke", overrides='{"student_epochs": 4}').student_epochs == 4
+    assert profiles.validate("smoke", seeds=3, other_seeds="1,2").other_seeds == (1, 2)
+    assert profiles.validate("smoke", overrides='{"student_epochs": 4}').student_epochs == 4
     for bad, message in [(dict(methods='["ard","foo"]'), r"unknown method\(s\) \['foo'\]; valid: .*fair-ard"),
                          (dict(attacks="pgd,aa"), r"unknown attack\(s\) \['pgd'\]; valid: clean, fgsm, pgd20"),
                          (dict(device="tpu"), "valid: auto, cpu"),
@@ -57,15 +57,15 @@ def test_validate_reads_papermill_strings_and_lists_valid_values():
                          (dict(attacks=["clean"], focus="pgd20"), "not among the evaluated attacks"),
                          (dict(overrides={"foo": 1}), r"unknown profile field\(s\) \['foo'\]")]:
         with pytest.raises(ValueError, match=message):
-            E.validate("smoke", **bad)
+            profiles.validate("smoke", **bad)
 
 
 def test_results_dir_is_absolute(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FAIRARD_RESULTS", "rel/results")
-    assert E.results_dir() == tmp_path / "rel" / "results"
+    assert store.results_dir() == tmp_path / "rel" / "results"
     monkeypatch.delenv("FAIRARD_RESULTS")
-    assert E.results_dir().is_absolute() and E.results_dir().parts[-2:] == ("data", "results")
+    assert store.results_dir().is_absolute() and store.results_dir().parts[-2:] == ("data", "results")
 
 
 # ---- config hash ---------------------------------------------------------------------------------------
@@ -99,8 +99,8 @@ def test_config_hash_changes_with_every_field():
             assert changed.key() == base.key(), f.name
         else:
             assert changed.key() != base.key(), f.name
-    settings = E._eval_settings(E.PROFILES["smoke"])
-    assert E.run_key(base, settings) != E.run_key(base, {**settings, "eval_per_class": 6})
+    settings = runs.eval_settings(profiles.PROFILES["smoke"])
+    assert store.run_key(base, settings) != store.run_key(base, {**settings, "eval_per_class": 6})
 
 
 # ---- the result cache ------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def test_config_hash_changes_with_every_field():
 def cache(synthetic_root, tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRARD_DATA", str(synthetic_root))
     monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path / "results"))
-    profile = E.get_profile("smoke", eval_per_class=2, aa_per_class=None, attacks=["clean", "pgd20"])
+    profile = profiles.get_profile("smoke", eval_per_class=2, aa_per_class=None, attacks=["clean", "pgd20"])
     cfg = TrainConfig(method="pgd_at", student="resnet8", n_per_class=4, epochs=2, milestones=(1,),
                       attack_steps=1, batch_size=20, monitor_n=0, device="cpu", amp="off")
     return profile, cfg
@@ -116,60 +116,60 @@ def cache(synthetic_root, tmp_path, monkeypatch):
 
 def test_run_writes_result_atomically_and_second_run_comes_from_cache(cache, monkeypatch):
     profile, cfg = cache
-    first = E.run(cfg, profile=profile, progress=False)
-    target = E.result_file(cfg, E._eval_settings(profile))
-    assert not first["from_cache"] and target.exists() and target.parent == E.run_dir(cfg)
+    first = runs.run(cfg, profile=profile, progress=False)
+    target = store.result_file(cfg, runs.eval_settings(profile))
+    assert not first["from_cache"] and target.exists() and target.parent == store.run_dir(cfg)
     assert not list(target.parent.glob(".*.tmp"))
     stored = json.loads(target.read_text())
-    assert stored["key"] == E.run_key(cfg, E._eval_settings(profile)) and "from_cache" not in stored
+    assert stored["key"] == store.run_key(cfg, runs.eval_settings(profile)) and "from_cache" not in stored
     assert set(stored["evaluation"]["attacks"]) == {"clean", "pgd20"}
     assert stored["provenance"]["git_commit"] and stored["dataset_note"]
 
-    monkeypatch.setattr(E, "train", lambda *a, **k: pytest.fail("a cached run must not train"))
-    second = E.run(cfg, profile=profile, progress=False)
+    monkeypatch.setattr(T.Trainer, "train_epoch", lambda *a, **k: pytest.fail("a cached run must not train"))
+    second = runs.run(cfg, profile=profile, progress=False)
     assert second["from_cache"] and second["evaluation"] == stored["evaluation"]
 
 
 def test_failed_result_write_leaves_nothing_finished(cache, monkeypatch):
     profile, cfg = cache
-    real = E.write_json
-    monkeypatch.setattr(E, "write_json", lambda path, obj: real(path, {**obj, "unserialisable": object()}))
+    real = runs.write_json
+    monkeypatch.setattr(runs, "write_json", lambda path, obj: real(path, {**obj, "unserialisable": object()}))
     with pytest.raises(TypeError):
-        E.run(cfg, profile=profile, progress=False)
-    out, target = E.run_dir(cfg), E.result_file(cfg, E._eval_settings(profile))
+        runs.run(cfg, profile=profile, progress=False)
+    out, target = store.run_dir(cfg), store.result_file(cfg, runs.eval_settings(profile))
     assert (out / "final.pt").exists() and not target.exists() and not list(out.glob(".*.tmp"))
     assert not list(out.glob("evals/.*.tmp"))
-    monkeypatch.setattr(E, "write_json", real)
+    monkeypatch.setattr(runs, "write_json", real)
     monkeypatch.setattr(T.Trainer, "train_epoch", lambda *a, **k: pytest.fail("training had finished"))
-    again = E.run(cfg, profile=profile, progress=False)             # evaluated again, not retrained
+    again = runs.run(cfg, profile=profile, progress=False)             # evaluated again, not retrained
     assert not again["from_cache"] and not again["trained"] and target.exists()
 
 
 def test_adding_an_attack_evaluates_only_that_attack(cache, monkeypatch):
     profile, cfg = cache
-    first = E.run(cfg, profile=profile, progress=False)
+    first = runs.run(cfg, profile=profile, progress=False)
     evaluated = []
-    real_evaluate = E.evaluate
-    monkeypatch.setattr(E, "evaluate", lambda *a, **k: evaluated.extend(k["attacks"]) or real_evaluate(*a, **k))
-    monkeypatch.setattr(E, "train", lambda *a, **k: pytest.fail("the run had finished training"))
-    monkeypatch.setattr(E, "large_eps_accuracy", lambda *a, **k: pytest.fail("the eps=1 check is cached"))
-    wider = E.run(cfg, profile=profile, attacks=["clean", "pgd20", "fgsm"], progress=False)
+    real_evaluate = runs.evaluate
+    monkeypatch.setattr(runs, "evaluate", lambda *a, **k: evaluated.extend(k["attacks"]) or real_evaluate(*a, **k))
+    monkeypatch.setattr(T.Trainer, "train_epoch", lambda *a, **k: pytest.fail("the run had finished training"))
+    monkeypatch.setattr(runs, "large_eps_accuracy", lambda *a, **k: pytest.fail("the eps=1 check is cached"))
+    wider = runs.run(cfg, profile=profile, attacks=["clean", "pgd20", "fgsm"], progress=False)
     assert evaluated == ["fgsm"] and not wider["from_cache"] and not wider["trained"]
     for attack in ("clean", "pgd20"):
         assert json.dumps(wider["evaluation"]["attacks"][attack]) == json.dumps(first["evaluation"]["attacks"][attack])
     assert wider["train_key"] == first["train_key"] and wider["key"] != first["key"]
-    assert E.run(cfg, profile=profile, attacks=["clean", "pgd20", "fgsm"], progress=False)["from_cache"]
+    assert runs.run(cfg, profile=profile, attacks=["clean", "pgd20", "fgsm"], progress=False)["from_cache"]
 
 
 def test_load_recorded_reads_the_committed_gpu_run(tmp_path):
-    study = E.load_recorded("results/h100-2026-11-22")
+    study = runs.load_recorded("results/h100-2026-11-22")
     assert [r["method"] for r in study.results] == ["ard", "fair-ard"] and study.teacher["student"] == "resnet18"
     assert study.setup.headline_pairs == (("ard", "fair-ard"),) and study.setup.eval_per_class is None
     assert all(r["evaluation"]["attacks"]["pgd20"]["n"] == 10000 for r in study.results)
     caption = study.caption("pgd20")
     assert "JPEG" in caption and "H100" in caption and "AA on 50 img/class" in caption
     with pytest.raises(ValueError, match="no finished run"):
-        E.load_recorded(tmp_path)
+        runs.load_recorded(tmp_path)
 
 
 class _Interrupted(Exception):
@@ -187,31 +187,31 @@ def test_half_finished_run_is_resumed_not_read_as_finished(cache, monkeypatch):
 
     monkeypatch.setattr(T.Trainer, "train_epoch", dies_in_epoch_1)
     with pytest.raises(_Interrupted):
-        E.run(cfg, profile=profile, progress=False)
-    out, target = E.run_dir(cfg), E.result_file(cfg, E._eval_settings(profile))
+        runs.run(cfg, profile=profile, progress=False)
+    out, target = store.run_dir(cfg), store.result_file(cfg, runs.eval_settings(profile))
     assert (out / "checkpoint.pt").exists() and not target.exists()
-    assert E.load_result(target) is None
+    assert store.load_result(target) is None
 
     epochs = []
     monkeypatch.setattr(T.Trainer, "train_epoch", lambda self, epoch, bar=None: epochs.append(epoch)
                         or real_epoch(self, epoch, bar))
-    result = E.run(cfg, profile=profile, progress=False)
+    result = runs.run(cfg, profile=profile, progress=False)
     assert epochs == [1] and not result["from_cache"]                # resumed at epoch 1, epoch 0 kept
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1]
-    assert E.run(cfg, profile=profile, progress=False)["from_cache"]
+    assert runs.run(cfg, profile=profile, progress=False)["from_cache"]
 
 
 # ---- schedules -----------------------------------------------------------------------------------------
 def test_scaled_schedule_for_ard_rslad_iad():
-    assert E._scaled_schedule("ard", None) == (None, {})
-    assert E._scaled_schedule("ard", 200) == (None, {})             # the official length: official milestones
-    assert E._scaled_schedule("ard", 20) == ((10, 15), {})
-    assert E._scaled_schedule("fair-ard", 20) == ((10, 15), {})
-    assert E._scaled_schedule("ard", 1) == ((), {})                 # milestones at 0 or at the end are dropped
-    assert E._scaled_schedule("rslad", 30) == ((22, 26, 28), {})    # 215, 260, 285 of 300
-    assert E._scaled_schedule("iad", 20) == ((10, 15), {"begin": 6})  # IAD's introspection from epoch 60 of 200
-    assert E._scaled_schedule("fair-iad", 5) == ((2, 4), {"begin": 2})
-    assert E._scaled_schedule("iad", 1)[1] == {"begin": 1}          # never before the second epoch
+    assert runs._scaled_schedule("ard", None) == (None, {})
+    assert runs._scaled_schedule("ard", 200) == (None, {})             # the official length: official milestones
+    assert runs._scaled_schedule("ard", 20) == ((10, 15), {})
+    assert runs._scaled_schedule("fair-ard", 20) == ((10, 15), {})
+    assert runs._scaled_schedule("ard", 1) == ((), {})                 # milestones at 0 or at the end are dropped
+    assert runs._scaled_schedule("rslad", 30) == ((22, 26, 28), {})    # 215, 260, 285 of 300
+    assert runs._scaled_schedule("iad", 20) == ((10, 15), {"begin": 6})  # IAD's introspection from epoch 60 of 200
+    assert runs._scaled_schedule("fair-iad", 5) == ((2, 4), {"begin": 2})
+    assert runs._scaled_schedule("iad", 1)[1] == {"begin": 1}          # never before the second epoch
 
 
 # ---- summaries on hand-made results -----------------------------------------------------------------------
@@ -233,82 +233,82 @@ def _worst(method, worsts):
 
 
 def test_compare_pair_verdicts():
-    clear = E.compare_pair(_worst("ard", [0.10, 0.11, 0.09]) + _worst("fair-ard", [0.20, 0.22, 0.19]),
+    clear = tables.compare_pair(_worst("ard", [0.10, 0.11, 0.09]) + _worst("fair-ard", [0.20, 0.22, 0.19]),
                            "ard", "fair-ard", "pgd20")
     assert clear["exceeds_spread"] and clear["seeds"] == [0, 1, 2]
     assert clear["mean_diff"] == pytest.approx(0.1033, abs=1e-3)
     assert "+10.3 points" in clear["verdict"] and "exceeds twice the seed-to-seed spread" in clear["verdict"]
 
-    noisy = E.compare_pair(_worst("ard", [0.10, 0.30, 0.20]) + _worst("fair-ard", [0.15, 0.25, 0.30]),
+    noisy = tables.compare_pair(_worst("ard", [0.10, 0.30, 0.20]) + _worst("fair-ard", [0.15, 0.25, 0.30]),
                            "ard", "fair-ard", "pgd20")
     assert not noisy["exceeds_spread"] and "not distinguishable from noise" in noisy["verdict"]
 
-    two = E.compare_pair(_worst("ard", [0.1, 0.1]) + _worst("fair-ard", [0.5, 0.5]), "ard", "fair-ard", "pgd20")
+    two = tables.compare_pair(_worst("ard", [0.1, 0.1]) + _worst("fair-ard", [0.5, 0.5]), "ard", "fair-ard", "pgd20")
     assert not two["exceeds_spread"] and "Fewer than 3 seeds" in two["verdict"]
 
     with pytest.raises(ValueError, match="no seed has both"):
-        E.compare_pair(_worst("ard", [0.1]), "ard", "fair-ard", "pgd20")
+        tables.compare_pair(_worst("ard", [0.1]), "ard", "fair-ard", "pgd20")
 
 
 def test_headline_text_and_glue():
     results = _worst("ard", [0.10, 0.30, 0.20]) + _worst("fair-ard", [0.15, 0.25, 0.30]) + _worst("rslad", [0.2])
-    comps = E.headline(results, E.HEADLINE_PAIRS, attacks=("pgd20", "aa"))
+    comps = tables.headline(results, profiles.HEADLINE_PAIRS, attacks=("pgd20", "aa"))
     assert [(c["fair"], c["attack"]) for c in comps] == [("fair-ard", "pgd20")]   # no fair-rslad, no aa
-    text = E.headline_markdown(comps, E.PROFILES["quick"])
+    text = tables.headline_markdown(comps, profiles.PROFILES["quick"])
     assert "not distinguishable from seed-to-seed noise" in text and "`paper` profile" in text
-    glue = E.headline_glue(comps)
+    glue = tables.headline_glue(comps)
     assert glue["fair_ard_worst_pgd_diff"] == pytest.approx(3.3) and glue["fair_ard_worst_pgd_exceeds"] is False
     assert glue["fair_ard_worst_pgd_n_seeds"] == 3
-    assert "Fewer than 3 seeds" in E.headline_markdown(E.headline(_worst("ard", [0.1]) + _worst("fair-ard", [0.2]),
-                                                                   E.HEADLINE_PAIRS), E.PROFILES["smoke"])
+    assert "Fewer than 3 seeds" in tables.headline_markdown(tables.headline(_worst("ard", [0.1]) + _worst("fair-ard", [0.2]),
+                                                                   profiles.HEADLINE_PAIRS), profiles.PROFILES["smoke"])
     assert "floor" not in text
-    floored = E.headline(_worst("ard", [0.0, 0.0, 0.0]) + _worst("fair-ard", [0.0, 0.0, 0.0]), E.HEADLINE_PAIRS)
-    assert "0 % for every seed of both methods" in E.headline_markdown(floored, E.PROFILES["quick"])
+    floored = tables.headline(_worst("ard", [0.0, 0.0, 0.0]) + _worst("fair-ard", [0.0, 0.0, 0.0]), profiles.HEADLINE_PAIRS)
+    assert "0 % for every seed of both methods" in tables.headline_markdown(floored, profiles.PROFILES["quick"])
 
 
 def test_tables_show_std_only_for_several_seeds():
-    rows = E.summarize_runs(_worst("ard", [0.1, 0.3]) + _worst("cfa", [0.2]), ["pgd20"])
+    rows = tables.summarize_runs(_worst("ard", [0.1, 0.3]) + _worst("cfa", [0.2]), ["pgd20"])
     assert rows[0]["pgd20/worst_class_accuracy"] == pytest.approx((0.2, 0.1))
-    table = E.markdown_table(rows, ["pgd20"]).splitlines()
+    table = tables.markdown_table(rows, ["pgd20"]).splitlines()
     assert table[0].startswith("| method | student | seeds | pgd20 avg | pgd20 worst |")
     assert "| 20.0 ± 10.0 |" in table[2] and "±" not in table[3]
 
 
 def test_correlations_and_inheritance_rows():
-    assert E.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert E.spearman([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)
-    assert E.spearman([1, 2, 2, 3], [3, 2, 2, 1]) == pytest.approx(-1.0)      # ties averaged
-    assert math.isnan(E.pearson([1, 1, 1], [1, 2, 3]))
+    assert tables.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert tables.spearman([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)
+    assert tables.spearman([1, 2, 2, 3], [3, 2, 2, 1]) == pytest.approx(-1.0)      # ties averaged
+    assert math.isnan(tables.pearson([1, 1, 1], [1, 2, 3]))
     teacher = fake("teacher (pgd_at)", 0, [0.4, 0.2, 0.6], student="resnet20")
     students = [fake("ard", 0, [0.3, 0.05, 0.5]), fake("iad", 0, [0.3, 0.1, 0.5])]
-    rows = E.inheritance_rows(students, teacher, "pgd20")
+    rows = inheritance.inheritance_rows(students, teacher, "pgd20")
     assert [r["method"] for r in rows] == ["teacher (pgd_at)", "ard", "iad"]
     assert rows[1]["worst_class"] == "automobile" and rows[1]["spearman"] == pytest.approx(1.0)
-    verdict = E.inheritance_verdict(rows, "pgd20")
+    verdict = inheritance.inheritance_verdict(rows, "pgd20")
     assert "2 of 2 measurable students are less fair" in verdict and "only partially" in verdict
     assert "say little" not in verdict
     assert f"ard {rows[1]['nsd']:.3f} (+{100 * (rows[1]['nsd'] / rows[0]['nsd'] - 1):.0f} %)" in verdict
-    weak = E.inheritance_rows([fake("ard", 0, [0.0, 0.0, 0.06])], teacher, "pgd20")
-    weak_verdict = E.inheritance_verdict(weak, "pgd20")
+    weak = inheritance.inheritance_rows([fake("ard", 0, [0.0, 0.0, 0.06])], teacher, "pgd20")
+    weak_verdict = inheritance.inheritance_verdict(weak, "pgd20")
     assert "1 of 1 students (ard) are below 5 %" in weak_verdict and "cannot test" in weak_verdict
     assert "only partially" not in weak_verdict  # a near-zero student is "unfair" by construction: no conclusion
     # NSD within the tolerance of the teacher's: "about as fair", not "less fair"
-    close = E.inheritance_rows([fake("ard", 0, [0.41, 0.2, 0.6])], teacher, "pgd20")
-    assert "about as fair as the teacher" in E.inheritance_verdict(close, "pgd20")
-    mixed = E.inheritance_rows([fake("ard", 0, [0.3, 0.05, 0.5]), fake("iad", 0, [0.4, 0.35, 0.45])], teacher, "pgd20")
+    close = inheritance.inheritance_rows([fake("ard", 0, [0.41, 0.2, 0.6])], teacher, "pgd20")
+    assert "about as fair as the teacher" in inheritance.inheritance_verdict(close, "pgd20")
+    mixed = inheritance.inheritance_rows([fake("ard", 0, [0.3, 0.05, 0.5]), fake("iad", 0, [0.4, 0.35, 0.45])], teacher, "pgd20")
     assert "mixed: 1 of 2 measurable students are less fair than the teacher, 1 fairer" in \
-        E.inheritance_verdict(mixed, "pgd20")
-    assert "| ard | resnet8 | 0 |" in E.inheritance_markdown(rows)
+        inheritance.inheritance_verdict(mixed, "pgd20")
+    assert "| ard | resnet8 | 0 |" in inheritance.inheritance_markdown(rows)
 
 
 def test_main_results_plan_runs_headline_pairs_on_every_seed(monkeypatch, tmp_path):
     monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path))
-    setup = E.validate("smoke", methods=["ard", "fair-ard", "cfa"], seeds=[0, 1, 2], headline=["ard"])
-    monkeypatch.setattr(E, "evaluate_teacher", lambda p, **k: fake("teacher", 0, [0.5, 0.5, 0.5]))
-    monkeypatch.setattr(E, "student_config", lambda p, m, student, seed, progress: TrainConfig(
+    setup = profiles.validate("smoke", methods=["ard", "fair-ard", "cfa"], seeds=[0, 1, 2], headline=["ard"])
+    monkeypatch.setattr(runs, "evaluate_teacher", lambda p, **k: fake("teacher", 0, [0.5, 0.5, 0.5]))
+    monkeypatch.setattr(runs, "student_config", lambda p, m, student, seed, progress: TrainConfig(
         method=m, student=student, seed=seed))
-    monkeypatch.setattr(E, "run", lambda cfg, profile, progress: fake(cfg.method, cfg.seed, [0.1, 0.2, 0.3]))
-    study = E.main_results(setup, progress=False)
+    monkeypatch.setattr(runs, "run", lambda cfg, profile, progress: fake(cfg.method, cfg.seed, [0.1, 0.2, 0.3]))
+    study = main_results.study(setup, progress=False)
     assert sorted((r["method"], r["seed"]) for r in study.results) == [
         ("ard", 0), ("ard", 1), ("ard", 2), ("cfa", 0), ("fair-ard", 0), ("fair-ard", 1), ("fair-ard", 2)]
     assert study.computed == [] and "everything came from the cache" in study.summary()
@@ -330,46 +330,46 @@ def test_figures_draw_on_degenerate_results():
                for m in ("ard", "fair-ard") for s in (0, 1) for st in ("resnet8", "resnet14")]
     for r in results:
         r["class_weights_history"], r["kappa_history"] = [[1.0, 1.0, 1.0], [0.9, 2.5, 0.8]], [[1, 0, 2], [1, 0, 1]]
-    study = E.Study(E.validate("smoke"), results, {"resnet8": teacher}, [], 1.0)
-    rows = E.capacity_rows(study, "pgd20")
+    study = runs.Study(profiles.validate("smoke"), results, {"resnet8": teacher}, [], 1.0)
+    rows = capacity_gap.capacity_rows(study, "pgd20")
     assert {r["student"] for r in rows} == {"resnet8", "resnet14"} and math.isnan(rows[0]["kept_worst"])
     figs = [plots.per_class_bars(results, teacher, "pgd20", caption="c"),
             plots.per_class_heatmap(results, teacher, "pgd20"),
             plots.paired_seeds(results, [("ard", "fair-ard")], ["pgd20", "aa"]),
-            plots.summary_figure(E.summarize_runs(results, ["pgd20"]), ["pgd20"]),
+            plots.summary_figure(tables.summarize_runs(results, ["pgd20"]), ["pgd20"]),
             plots.class_weight_trajectories(results[-1]),
             plots.teacher_student_scatter(results, teacher, "pgd20"),
             plots.per_class_lines(results, teacher, "pgd20"),
             plots.capacity_curves(rows, caption=study.caption("pgd20")),
-            plots.capacity_curves(E.capacity_rows(dataclasses.replace(study, results=results[:4]), "pgd20"))]
+            plots.capacity_curves(capacity_gap.capacity_rows(dataclasses.replace(study, results=results[:4]), "pgd20"))]
     for fig in figs:
         fig.canvas.draw()  # rendering is where log scales and nan limits fail
     plt.close("all")
-    assert "kept worst" in E.capacity_markdown(rows) and "ard from resnet8" in E.capacity_verdict(rows, "pgd20")
+    assert "kept worst" in capacity_gap.capacity_markdown(rows) and "ard from resnet8" in capacity_gap.capacity_verdict(rows, "pgd20")
 
 
 def test_run_key_survives_moving_the_results_folder(monkeypatch, tmp_path):
-    settings = E._eval_settings(E.PROFILES["smoke"])
+    settings = runs.eval_settings(profiles.PROFILES["smoke"])
     keys = []
     for folder in ("a", "b"):
         monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path / folder))
         cfg = TrainConfig(method="ard", teacher="resnet8",
                           teacher_checkpoint=str(tmp_path / folder / "teachers" / "pgd_at-resnet8-x" / "final.pt"))
-        keys.append(E.run_key(cfg, settings))
+        keys.append(store.run_key(cfg, settings))
     assert keys[0] == keys[1]
     outside = TrainConfig(method="ard", teacher="resnet8", teacher_checkpoint="/elsewhere/trades.pt")
-    assert E.run_key(outside, settings) != keys[1]
+    assert store.run_key(outside, settings) != keys[1]
 
 
 def test_headline_compares_within_each_student():
     results = (_worst("ard", [0.1, 0.1, 0.1]) + _worst("fair-ard", [0.2, 0.2, 0.2])
                + [dict(r, student="resnet18") for r in _worst("ard", [0.3, 0.3, 0.3]) + _worst("fair-ard", [0.3, 0.3, 0.3])])
     with pytest.raises(ValueError, match="several students"):
-        E.compare_pair(results, "ard", "fair-ard", "pgd20")
-    comps = E.headline(results, [("ard", "fair-ard")], ["pgd20"])
+        tables.compare_pair(results, "ard", "fair-ard", "pgd20")
+    comps = tables.headline(results, [("ard", "fair-ard")], ["pgd20"])
     assert [(c["student"], round(100 * c["mean_diff"], 1)) for c in comps] == [("resnet8", 10.0), ("resnet18", 0.0)]
     assert comps[1]["verdict"].startswith("(resnet18) ")
-    glue = E.headline_glue(comps)
+    glue = tables.headline_glue(comps)
     assert glue["fair_ard_worst_pgd_diff"] == 10.0 and glue["fair_ard_worst_pgd_diff_resnet18"] == 0.0
 
 
@@ -384,9 +384,9 @@ def test_provenance_names_the_cpu_model_for_captions():
 
 def test_floor_note_only_when_the_worst_class_cannot_move():
     floored = [fake("ard", s, [0.0, 0.02, 0.01]) for s in range(3)]
-    note = E.floor_note(floored, "pgd20")
+    note = tables.floor_note(floored, "pgd20")
     assert "0 % in every one of the 3 runs" in note and "3 of them average below 5 %" in note
-    assert E.floor_note(_worst("ard", [0.0, 0.1, 0.0]), "pgd20") == ""  # one run off the floor, averages > 5 %
+    assert tables.floor_note(_worst("ard", [0.0, 0.1, 0.0]), "pgd20") == ""  # one run off the floor, averages > 5 %
     weak = [fake("ard", s, [0.01, 0.02, 0.03 + 0.01 * s]) for s in range(3)]
-    assert "3 of the 3 runs average below 5 %" in E.floor_note(weak, "pgd20")
-    assert E.floor_note([], "pgd20") == ""
+    assert "3 of the 3 runs average below 5 %" in tables.floor_note(weak, "pgd20")
+    assert tables.floor_note([], "pgd20") == ""

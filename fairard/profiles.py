@@ -1,0 +1,388 @@
+"""Profiles (smoke / quick / paper) and every notebook parameter's parsing and validation.
+
+A *profile* is plain data that says how big an experiment is: data subset, teacher, students,
+epochs, attacks, seeds.  A notebook's first cell calls its study's ``validate`` (``validate`` here
+plus the study's own checks), which checks every parameter at once and returns a ``Setup`` (the profile
+plus the study's parameters) or a ``Checked`` (a Setup plus a notebook's own values); anything
+unknown raises a ``ValueError`` that lists the valid values, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from . import data as D
+from .evaluate import check_attacks
+from .methods import METHODS
+from .models import list_models
+
+
+BASE_METHODS = ("ard", "iad", "rslad", "mtard", "kdiga")   # the ARD family (+ KDIGA) that gets Fair-* versions
+
+
+MAIN_METHODS = BASE_METHODS + tuple(f"fair-{m}" for m in BASE_METHODS) + ("cfa", "absld")
+
+
+HEADLINE_PAIRS = (("ard", "fair-ard"), ("rslad", "fair-rslad"))
+
+
+OFFICIAL_CLAMP = (5 / 6, 5 / 2)
+
+
+SMOKE_ATTACKS = ("clean", "pgd20")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big an experiment is. Every field can be overridden from a notebook parameter."""
+    name: str
+    description: str
+    dataset: str = "cifar10"
+    n_per_class: int | None = None           # class-balanced training subset (None: the whole training set)
+    eval_per_class: int | None = None        # test images per class for clean/FGSM/PGD/CW (None: all)
+    aa_per_class: int | None = None          # test images per class for AutoAttack (None: same as eval)
+    attacks: tuple = ("clean", "fgsm", "pgd20", "cw20", "aa")
+    seeds: tuple = (0, 1, 2)
+    teacher: str = "wrn-34-10"
+    teacher_method: str = "trades"
+    teacher_checkpoint: str | None = None    # e.g. the TRADES WRN-34-10 checkpoint; None: train one
+    teacher_epochs: int | None = None        # None: the teacher method's official schedule
+    teacher_kwargs: dict = field(default_factory=dict)
+    nat_teacher: str = "resnet56"             # MTARD's natural teacher (Fair-MTARD's choice)
+    nat_teacher_epochs: int | None = None
+    students: tuple = ("resnet18", "mobilenet_v2")
+    student_epochs: int | None = None        # None: each method's official schedule
+    attack_steps: int | None = None          # training attack steps (None: the method's, 10)
+    batch_size: int | None = None
+    device: str = "auto"
+    ladder: tuple = ("resnet20", "resnet56", "mobilenet_v2", "resnet18")  # capacity_gap: students, small to large
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        """One ``field: value`` line per field, for the first cell of a notebook."""
+        return "\n".join(f"{f.name:>18}: {getattr(self, f.name)!r}" for f in fields(self))
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", description="CI: seconds per run; tiny subset, tiny models, 1 epoch; numbers mean nothing. "
+                                  "No AutoAttack by default: on a near-constant 1-epoch model a point can survive "
+                                  "every attack and then costs minutes of FAB/Square queries (add it with attacks)",
+        n_per_class=20, eval_per_class=5, aa_per_class=1, attacks=("clean", "fgsm", "pgd20", "cw20"),
+        seeds=(0,), teacher="resnet8", teacher_method="pgd_at", teacher_epochs=1, nat_teacher="resnet8",
+        nat_teacher_epochs=1, students=("resnet8",), student_epochs=1, attack_steps=2, batch_size=50,
+        ladder=("resnet8", "resnet14")),
+    "quick": Profile(
+        name="quick", description="2-core CPU: main_results in about 30 minutes with the teacher, 15 without; "
+                                  "real CIFAR-10, a class-balanced 5,000-image subset, small CIFAR ResNets, "
+                                  "short schedules (a pipeline check at real scale, too small to resolve "
+                                  "Fair-ARD's effect: see notebooks/README.md)",
+        n_per_class=500, eval_per_class=50, aa_per_class=10, attacks=("clean", "fgsm", "pgd20", "cw20", "aa"),
+        seeds=(0, 1, 2), teacher="resnet20", teacher_method="pgd_at", teacher_epochs=30,
+        nat_teacher="resnet20", nat_teacher_epochs=5, students=("resnet8",),
+        student_epochs=2, attack_steps=5, batch_size=128, ladder=("resnet8", "resnet14", "resnet20", "resnet32")),
+    "paper": Profile(
+        name="paper", description="the paper's settings: full CIFAR-10, WRN-34-10 TRADES teacher, ResNet-18 and "
+                                  "MobileNetV2 students, each method's official epochs and milestones (GPU)",
+        seeds=(0, 1, 2), teacher="wrn-34-10", teacher_method="trades", students=("resnet18", "mobilenet_v2"),
+        ladder=("resnet20", "resnet56", "mobilenet_v2", "resnet18")),
+}
+
+
+_INT_FIELDS = ("n_per_class", "eval_per_class", "aa_per_class", "teacher_epochs", "nat_teacher_epochs",
+               "student_epochs", "attack_steps", "batch_size")
+
+
+_TUPLE_FIELDS = {"attacks": str, "seeds": int, "students": str, "ladder": str}
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:<n>", "mps")
+
+
+def as_list(value, what: str, kind=str) -> list:
+    """A list parameter from a notebook: a list/tuple, a JSON-list string ('["ard","foo"]', what
+    ``papermill -p`` passes; ``None`` allowed for null), a comma-separated string ('ard,fair-ard') or
+    one scalar; items converted to ``kind`` (str, float, int; ints must be >= 0, e.g. seeds)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("[", "(")):
+            try:
+                value = json.loads("[" + text[1:-1].replace("'", '"').replace("None", "null") + "]")
+            except json.JSONDecodeError:
+                raise ValueError(f"{what}: cannot read {text!r} as a list; write e.g. '[\"a\", \"b\"]' or a,b") from None
+        else:
+            value = [v.strip() for v in text.split(",") if v.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    out = []
+    for v in value:
+        try:
+            if kind is str:
+                ok = isinstance(v, str) and v
+            else:
+                ok = not isinstance(v, bool) and kind(v) == float(v) and (kind is not int or int(v) >= 0)
+                v = kind(v)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            hint = "a non-negative integer (seeds are 0, 1, 2, ...)" if kind is int else f"a valid {kind.__name__}"
+            raise ValueError(f"{what}: {v!r} is not {hint}")
+        out.append(v)
+    return out
+
+
+def _as_tuple(value, what: str, kind=str) -> tuple | None:
+    """``as_list`` as a tuple, order kept and duplicates dropped; None stays None."""
+    return None if value is None else tuple(dict.fromkeys(as_list(value, what, kind)))
+
+
+def check_models(names, what: str = "model") -> tuple:
+    """Architecture names known to ``fairard.models`` (``wrn-<depth>-<width>`` too); the error lists them."""
+    from .models._registry import _PATTERNS  # the name patterns (wrn-<d>-<w>), checked without building
+
+    names = tuple(names)
+    known = set(list_models())
+    unknown = [n for n in names if n.lower() not in known and not any(r.fullmatch(n.lower()) for r, _, _ in _PATTERNS)]
+    if unknown:
+        patterns = ", ".join(t for _, t, _ in _PATTERNS)
+        raise ValueError(f"unknown {what}(s) {unknown}; valid: {', '.join(sorted(known))}"
+                         + (f"; also {patterns}" if patterns else ""))
+    return names
+
+
+def check_device(device: str) -> str:
+    """'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', and only a GPU that is there."""
+    device = str(device)
+    ok = device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())
+    if not ok:
+        raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible; valid here: auto, cpu")
+    return device
+
+
+def get_profile(name: str = "quick", **overrides) -> Profile:
+    """The named profile with ``overrides`` applied; unknown names or fields list the valid ones.
+
+    ``None`` overrides keep the profile's value.  List fields accept lists, JSON-list strings and
+    comma-separated strings (what ``papermill -p`` passes); every value is checked here."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+    valid = {f.name for f in fields(Profile)} - {"name", "description"}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(f"unknown profile field(s) {unknown}; valid: {', '.join(sorted(valid))}")
+    for key, kind in _TUPLE_FIELDS.items():
+        if key in overrides:
+            overrides[key] = _as_tuple(overrides[key], key, kind)
+            if not overrides[key]:
+                raise ValueError(f"{key}: give at least one value")
+    for key in _INT_FIELDS:
+        v = overrides.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{key} must be a positive integer or None, got {v!r}")
+    if isinstance(overrides.get("teacher_kwargs"), str):
+        overrides["teacher_kwargs"] = json.loads(overrides["teacher_kwargs"])
+    profile = dataclasses.replace(PROFILES[name], **overrides)
+    check_attacks(profile.attacks)
+    if profile.dataset not in D.NUM_CLASSES:
+        raise ValueError(f"unknown dataset {profile.dataset!r}; valid: {', '.join(D.NUM_CLASSES)}")
+    check_models((profile.teacher,), "teacher")
+    check_models((profile.nat_teacher,), "nat_teacher")
+    check_models(profile.students, "student")
+    check_models(profile.ladder, "ladder model")
+    if profile.teacher_method not in METHODS or METHODS[profile.teacher_method].needs_teacher:
+        valid_t = sorted(m for m, cls in METHODS.items() if not cls.needs_teacher)
+        raise ValueError(f"unknown teacher_method {profile.teacher_method!r}; valid: {', '.join(valid_t)}")
+    if profile.teacher_checkpoint and not Path(profile.teacher_checkpoint).expanduser().exists():
+        raise ValueError(f"teacher_checkpoint {profile.teacher_checkpoint!r} does not exist")
+    check_device(profile.device)
+    return profile
+
+
+def check_methods(methods) -> list[str]:
+    """Validate method names (``fair-<m>`` allowed); the error lists the valid ones."""
+    methods = list(methods)
+    valid = sorted(METHODS) + sorted(f"fair-{m}" for m in METHODS)
+    unknown = [m for m in methods if m not in valid]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(valid)}")
+    return methods
+
+
+@dataclass(frozen=True)
+class Setup(Profile):
+    """A profile plus a study's own parameters, as ``validate`` checked them.  It *is* a Profile,
+    so it goes wherever one does (``student_config``, ``run``, ``evaluate_teacher``)."""
+    methods: tuple = ()            # methods to run, e.g. ("ard", "fair-ard")
+    other_seeds: tuple = ()        # main_results: seeds of the methods outside the headline pairs
+    headline: tuple = ()           # base methods compared with their Fair-* version on every seed
+    teacher_ladder: tuple = ()     # capacity_gap: teacher architectures (empty: only ``teacher``)
+    focus: str | None = None       # the attack a notebook's comparison is about (one of ``attacks``)
+    progress: bool = True          # tqdm bars while training and evaluating
+
+    @property
+    def headline_pairs(self) -> tuple:
+        """(base, fair-base) for each headline method whose pair is among ``methods``."""
+        return tuple((b, f"fair-{b}") for b in self.headline if b in self.methods and f"fair-{b}" in self.methods)
+
+
+def validate(profile: str = "quick", methods=(), attacks=None, *, other_seeds=None, headline=(),
+             teacher_ladder=None, focus=None, progress=True, results_dir=None, overrides=None,
+             **profile_fields) -> Setup:
+    """One call for a notebook's first cell: checks every parameter and returns the ``Setup``.
+
+    ``attacks`` and any profile field given by keyword (seeds, students, ladder, device, ...) or in
+    ``overrides`` (a dict, or its JSON text as ``papermill -p`` passes it) replace the profile's value
+    when not None.  ``other_seeds`` None means the first of the seeds.  ``focus`` is an attack that must be
+    among the evaluated ones (a notebook's ``attack`` parameter).  ``results_dir`` (if given)
+    sets ``$FAIRARD_RESULTS`` for this process.  Anything unknown raises a ValueError that lists the
+    valid values."""
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError:
+            raise ValueError(f"overrides: {overrides!r} is not a JSON object such as '{{\"student_epochs\": 10}}'") from None
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict of profile fields, got {overrides!r}")
+    p = get_profile(profile, attacks=attacks, **{**(overrides or {}), **profile_fields})
+    methods = tuple(check_methods(_as_tuple(methods, "methods") or ()))
+    other = _as_tuple(other_seeds, "other_seeds", int)
+    other = p.seeds[:1] if other is None else other
+    headline = _as_tuple(headline, "headline") or ()
+    bad = [h for h in headline if h not in METHODS or h.startswith("fair-")]
+    if bad:
+        raise ValueError(f"unknown headline method(s) {bad}; valid (base methods with a fair- version): "
+                         f"{', '.join(sorted(METHODS))}")
+    ladder_t = check_models(_as_tuple(teacher_ladder, "teacher_ladder") or (), "teacher_ladder model")
+    if focus is not None:
+        check_attacks([focus])
+        if focus not in p.attacks:
+            raise ValueError(f"attack {focus!r} is not among the evaluated attacks {list(p.attacks)}; "
+                             f"add it to `attacks` or pick one of those")
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress must be True or False, got {progress!r}")
+    if results_dir:
+        os.environ["FAIRARD_RESULTS"] = str(Path(results_dir).expanduser().absolute())
+    values = {f.name: getattr(p, f.name) for f in fields(p)}
+    return Setup(**values, methods=methods, other_seeds=other, headline=headline, teacher_ladder=ladder_t,
+                 focus=focus, progress=progress)
+
+
+def check_subset(name: str, values, valid) -> list:
+    """``values`` as a list, every item in ``valid``; otherwise ValueError listing the valid values."""
+    values = as_list(values, name)
+    bad = [v for v in values if v not in valid]
+    if bad or not values:
+        raise ValueError(f"{name}: {'unknown value(s) ' + repr(bad) if bad else 'empty'}; "
+                         f"valid: {', '.join(map(str, valid))}")
+    return list(dict.fromkeys(values))
+
+
+def check_clamp(clamp, what: str = "clamp") -> tuple[float, float] | None:
+    """None (clamp off) or a (low, high) pair with 0 < low <= high (a JSON string is read first)."""
+    if isinstance(clamp, str):
+        clamp = None if clamp.strip() in ("None", "null", "") else as_list(clamp, what, float)
+    if clamp is None:
+        return None
+    try:
+        lo, hi = (float(c) for c in clamp)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be None or [low, high] (official: [5/6, 5/2]), got {clamp!r}") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"{what} must satisfy 0 < low <= high, got {clamp!r}")
+    return lo, hi
+
+
+def check_betas(betas, what: str = "betas") -> list[float]:
+    betas = as_list(betas, what, float)
+    if not betas or any(not math.isfinite(b) or b < 0 for b in betas):
+        raise ValueError(f"{what} must be finite numbers >= 0 (the paper uses 2), got {betas}")
+    return betas
+
+
+def check_flag(value, what: str) -> bool:
+    if isinstance(value, str) and value in ("True", "False"):
+        return value == "True"
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be True or False, got {value!r}")
+    return value
+
+
+def check_int(value, what: str, low: int | None = None, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        raise ValueError(f"{what} must be an int{f' >= {low}' if low is not None else ''}"
+                         f"{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """A notebook's parameters after validation: the experiments ``Setup`` (profile, attacks, seeds,
+    students, device, progress, ...) plus the notebook's own values; attributes read the values first,
+    then the Setup (``c.betas``, ``c.progress``)."""
+    setup: Setup
+    values: dict
+
+    def __getattr__(self, name):
+        if name in ("setup", "values") or name.startswith("__"):
+            raise AttributeError(name)
+        if name in self.values:
+            return self.values[name]
+        if hasattr(self.setup, name):
+            return getattr(self.setup, name)
+        raise AttributeError(f"no parameter {name!r}; have {sorted(self.values)} and the Setup fields")
+
+    def describe(self) -> str:
+        own = "\n".join(f"{k:>18}: {v!r}" for k, v in self.values.items())
+        return f"{self.setup.describe()}\n{own}"
+
+
+def notebook_setup(profile: str, methods, attacks, *, seeds=None, students=None, device="auto", min_epochs: int = 1,
+           focus=None, progress=True, results_dir=None, overrides=None) -> Setup:
+    """experiments.validate (profile, methods, attacks, seeds, students, device, results folder, any other
+    profile field in ``overrides``) plus a lower bound on the student epochs (smoke trains one).
+    ``attacks=None`` is the profile's attacks, but only SMOKE_ATTACKS (and ``focus``) at profile smoke."""
+    min_epochs = check_int(min_epochs, "min_epochs", 1)
+    if attacks is None and profile == "smoke":
+        attacks = SMOKE_ATTACKS + ((focus,) if focus and focus not in SMOKE_ATTACKS else ())
+    p = validate(profile, methods, attacks, seeds=seeds, students=students, device=device, focus=focus,
+                   progress=check_flag(progress, "progress"), results_dir=results_dir, overrides=overrides)
+    if p.student_epochs is not None and p.student_epochs < min_epochs:
+        p = dataclasses.replace(p, student_epochs=min_epochs)
+    return p
+
+
+def check_fair_method(method: str) -> str:
+    if not isinstance(method, str) or not method.startswith("fair-"):
+        raise ValueError(f"method must be a Fair-* method (it needs the class weighting), got {method!r}; "
+                         f"valid: {', '.join('fair-' + m for m in BASE_METHODS)}")
+    check_methods([method])
+    return method
+
+
+def dataset_note(dataset: str) -> str:
+    """Where the data came from, for captions: the in-house copy is a lossy JPEG-derived CIFAR-10."""
+    root = D.data_root()
+    if (root / dataset / "train.npz").exists() and not any((root / d).exists() for d in
+                                                            ("cifar-10-batches-py", "cifar-100-python")):
+        return f"{dataset} from {root}/{dataset}/*.npz (in-house runs: a lossy JPEG-derived CIFAR-10 copy)"
+    return f"{dataset} (torchvision format under {root})"
+
+
+def dataset_label(note: str) -> str:
+    """The short form of ``dataset_note`` for figure captions."""
+    return "lossy JPEG-derived CIFAR-10 copy" if "JPEG" in note else note.split(" ")[0]

@@ -1,0 +1,1 @@
+"""One module per notebook: ``fairard.studies.<notebook>`` holds that notebook's study."""

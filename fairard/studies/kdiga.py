@@ -1,0 +1,181 @@
+"""kdiga.ipynb: KD vs the KDIGA family (KDIGA, KDIGA-ARD, Fair-KDIGA) per class, and how far each
+student's input gradients are from the teacher's (KDIGA's alignment target)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..evaluate import eval_mode
+from ..methods import input_gradient
+from ..profiles import Checked, Profile, check_int, check_subset, notebook_setup
+from ..runs import load_student, load_teacher, run_labelled, student_config, test_images
+from ..tables import caption, group_by, headline_attack, label_key, mean_std, metric, summarize_runs
+from ..utils import resolve_device
+
+
+KDIGA_FAMILY = {
+    "kd": ("KD", "kdiga", {"gamma": 0.0}),   # KD is KDIGA without the input-gradient term
+    "kdiga": ("KDIGA", "kdiga", {}),
+    "kdiga_ard": ("KDIGA-ARD", "kdiga_ard", {}),
+    "fair-kdiga": ("Fair-KDIGA", "fair-kdiga", {}),
+    "fair-kdiga_ard": ("Fair-KDIGA-ARD", "fair-kdiga_ard", {}),
+}
+
+
+def validate(profile: str = "quick", methods=("kd", "kdiga", "kdiga_ard", "fair-kdiga"), students=None,
+                   attacks=None, attack: str = "pgd20", seeds=None, gamma=None, grad_per_class=None,
+                   device: str = "auto", results_dir=None, overrides=None, progress: bool = True) -> Checked:
+    """Every parameter of kdiga.ipynb in one call (students, seeds, attacks go into the Setup)."""
+    methods = check_subset("methods", methods, list(KDIGA_FAMILY))
+    if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0):
+        raise ValueError(f"gamma must be None (the KDIGA default 0.5) or a number >= 0, got {gamma!r}")
+    values = dict(methods=methods, attack=attack, gamma=gamma,
+                  grad_per_class=check_int(grad_per_class, "grad_per_class", 1, allow_none=True))
+    registered = list(dict.fromkeys(KDIGA_FAMILY[m][1] for m in methods))
+    setup = notebook_setup(profile, registered, attacks, seeds=seeds, students=students, device=device, focus=attack,
+                   progress=progress, results_dir=results_dir, overrides=overrides)
+    return Checked(setup, values)
+
+
+def input_gradient_gap(student, teacher, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
+    """How far the student's input gradients are from the teacher's (KDIGA's alignment target).
+
+    Per sample i, g_M = d CE(M(x_i), y_i) / d x_i for M = student, teacher, both in eval mode and
+    fp32.  Returns the means over the samples of ||g_S - g_T||_2 ("l2") and of the cosine similarity
+    ("cosine"), the teacher's mean ||g_T||_2 (scale reference), and the per-sample and per-class
+    values.  Identical models give l2 = 0 and cosine = 1.
+    """
+    l2, cos, t_norm = [], [], []
+    with eval_mode(student), eval_mode(teacher):
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            _, g_s = input_gradient(student, xb, yb, create_graph=False)
+            _, g_t = input_gradient(teacher, xb, yb, create_graph=False)
+            g_s, g_t = g_s.flatten(1).double(), g_t.flatten(1).double()
+            l2.append(torch.linalg.vector_norm(g_s - g_t, dim=1))
+            cos.append(F.cosine_similarity(g_s, g_t, dim=1, eps=1e-30))
+            t_norm.append(torch.linalg.vector_norm(g_t, dim=1))
+    l2, cos, t_norm = torch.cat(l2), torch.cat(cos), torch.cat(t_norm)
+    classes = int(y.max()) + 1 if len(y) else 0
+    per_class = [float(l2[y == k].mean()) if bool((y == k).any()) else None for k in range(classes)]
+    return {"l2": float(l2.mean()), "cosine": float(cos.mean()), "teacher_norm": float(t_norm.mean()),
+            "per_sample_l2": l2.float().cpu(), "per_sample_cosine": cos.float().cpu(), "per_class_l2": per_class}
+
+
+def kdiga_arms(p: Profile, methods, gamma=None, progress: bool = True) -> list[dict]:
+    """One arm per (student, method, seed); "kd" is KDIGA with gamma = 0."""
+    arms = []
+    for student in p.students:
+        for m in methods:
+            label, registered, options = KDIGA_FAMILY[m]
+            options = dict(options)
+            if gamma is not None and m != "kd":
+                options["gamma"] = float(gamma)
+            for seed in p.seeds:
+                cfg = student_config(p, registered, student=student, seed=seed, progress=progress,
+                                       method_options=options)
+                arms.append({"label": label, "cfg": cfg})
+    return arms
+
+
+def study(c: Checked) -> dict:
+    """Train/load KD, KDIGA, KDIGA-ARD, Fair-KDIGA per student and seed, evaluate per class, and measure
+    every student's input-gradient gap to the teacher on a class-balanced test slice."""
+    p = c.setup
+    arms = kdiga_arms(p, c.methods, c.gamma, c.progress)
+    results, skipped = run_labelled(p, arms, p.attacks, progress=c.progress)
+    device = resolve_device(p.device)
+    teacher = load_teacher(p, device, progress=c.progress)
+    x, y = test_images(p.dataset, c.grad_per_class or p.eval_per_class, device)
+    gaps = []
+    for r in results:
+        gap = input_gradient_gap(load_student(r, device), teacher, x, y)
+        gaps.append({"method": r["method"], "student": r["student"], "seed": r["seed"], "n": len(y),
+                     **{k: gap[k] for k in ("l2", "cosine", "teacher_norm", "per_class_l2")}})
+    return {"profile": p, "results": results, "skipped": skipped, "gaps": gaps, "attacks": list(p.attacks),
+            "attack": c.attack}
+
+
+def gap_table(study: dict, attack: str | None = None) -> str:
+    """Input-gradient gap per method and student (mean ± std over seeds) next to worst-class accuracy."""
+    attack = attack or study.get("attack") or headline_attack(study["attacks"])
+    worst = {(r["method"], r["student"], r["seed"]): metric(r, attack, "worst_class_accuracy")
+             for r in study["results"]}
+    head = ["method", "student", "seeds", "‖∇S − ∇T‖₂", "relative to ‖∇T‖₂", "cosine", f"{attack} worst (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (method, student), rows in group_by(study["gaps"]).items():
+        cells = [method, student, ",".join(str(r["seed"]) for r in rows)]
+        for fn, fmt in ((lambda r: r["l2"], "{:.4f} ± {:.4f}"), (lambda r: r["l2"] / r["teacher_norm"],
+                                                                  "{:.2f} ± {:.2f}"),
+                        (lambda r: r["cosine"], "{:.3f} ± {:.3f}"),
+                        (lambda r: 100 * worst[(r["method"], r["student"], r["seed"])], "{:.1f} ± {:.1f}")):
+            cells.append(fmt.format(*mean_std([fn(r) for r in rows])))
+        lines.append("| " + " | ".join(cells) + " |")
+    n = study["gaps"][0]["n"] if study["gaps"] else 0
+    return "\n".join(lines) + f"\n\nGradients of the per-sample CE on {n} class-balanced test images, eval mode, fp32."
+
+
+def kdiga_figure(study: dict, attack: str | None = None):
+    """Left: input-gradient gap per method, grouped by student. Right: gap vs average (filled) and
+    worst-class (hollow) accuracy under ``attack``, one point per run."""
+    import matplotlib.pyplot as plt
+
+    attack = attack or study.get("attack") or headline_attack(study["attacks"])
+    p = study["profile"]
+    groups = group_by(study["gaps"])
+    methods = list(dict.fromkeys(m for m, _ in groups))
+    students = list(dict.fromkeys(s for _, s in groups))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / max(1, len(students))
+    for j, s in enumerate(students):
+        stats = [mean_std([g["l2"] for g in groups.get((m, s), [])]) if (m, s) in groups else (float("nan"), 0)
+                 for m in methods]
+        ax.bar([i + (j - (len(students) - 1) / 2) * width for i in range(len(methods))], [m for m, _ in stats],
+               width, yerr=[sd for _, sd in stats], capsize=2, label=s)
+    ax.set_xticks(range(len(methods)), methods, rotation=20)
+    ax.set(ylabel="mean ‖∇x CE_S − ∇x CE_T‖₂", title="input-gradient gap to the teacher (test set)")
+    ax.legend(fontsize=8, title="student")
+    runs = {(r["method"], r["student"], r["seed"]): r for r in study["results"]}
+    for i, m in enumerate(methods):
+        pts = [g for g in study["gaps"] if g["method"] == m]
+        gap = [g["l2"] for g in pts]
+        color = plt.get_cmap("tab10")(i)
+        for what, marker, fill in (("accuracy", "o", True), ("worst_class_accuracy", "v", False)):
+            acc = [100 * metric(runs[(g["method"], g["student"], g["seed"])], attack, what) for g in pts]
+            ax2.scatter(gap, acc, marker=marker, color=color if fill else "none", edgecolors=color,
+                        label=m if fill else None)
+    ax2.scatter([], [], marker="o", color="grey", label="average")  # legend keys for the two markers
+    ax2.scatter([], [], marker="v", color="none", edgecolors="grey", label="worst class")
+    ax2.set(xlabel="input-gradient gap", ylabel=f"{attack} accuracy (%)",
+            title="gap vs robustness (one point per run)")
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"KD vs KDIGA family, teacher {p.teacher}\n{caption(p, study['results'])}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def kdiga_glue(study: dict, attack: str | None = None) -> dict[str, float]:
+    """Numbers for the book, per method and student: the mean input-gradient gap (absolute and relative to
+    the teacher's gradient norm), the cosine, and the mean average / worst-class accuracy (%) under
+    ``attack``. Names carry the student (``kdiga_kd_resnet8_gap``); the first student's numbers are also
+    glued without it (``kdiga_kd_gap``), so the book cites them for any profile. ``*_avg_std`` is the
+    seed-to-seed std of the average."""
+    attack = attack or study.get("attack") or headline_attack(study["attacks"])
+    groups = group_by(study["gaps"])
+    first = next(iter(groups), (None, None))[1]
+    out = {}
+
+    def put(method, student, what, value):
+        out[f"kdiga_{label_key(method)}_{label_key(student)}_{what}"] = value
+        if student == first:
+            out[f"kdiga_{label_key(method)}_{what}"] = value
+
+    for (method, student), rows in groups.items():
+        put(method, student, "gap", round(mean_std([r["l2"] for r in rows])[0], 6))
+        put(method, student, "gap_rel", round(mean_std([r["l2"] / r["teacher_norm"] for r in rows])[0], 4))
+        put(method, student, "cos", round(mean_std([r["cosine"] for r in rows])[0], 4))
+    for row in summarize_runs(study["results"], [attack], ("accuracy", "worst_class_accuracy")):
+        put(row["method"], row["student"], f"{attack}_avg", round(100 * row[f"{attack}/accuracy"][0], 2))
+        put(row["method"], row["student"], f"{attack}_avg_std", round(100 * row[f"{attack}/accuracy"][1], 2))
+        put(row["method"], row["student"], f"{attack}_worst", round(100 * row[f"{attack}/worst_class_accuracy"][0], 2))
+    return out

@@ -1,0 +1,23 @@
+"""main_results.ipynb: every method on every student; the headline Fair-* pairs on every seed."""
+from __future__ import annotations
+
+from ..profiles import MAIN_METHODS, Setup, validate as validate_setup
+from ..runs import Study, run_plan
+
+
+def validate(profile: str = "quick", methods=MAIN_METHODS, headline=("ard", "rslad"), seeds=None, other_seeds=None,
+             attacks=None, students=None, dataset: str = "cifar10", device: str = "auto", results_dir=None,
+             overrides=None, progress: bool = True) -> Setup:
+    """Every parameter of main_results.ipynb in one call (``fairard.profiles.validate``)."""
+    return validate_setup(profile, dataset=dataset, methods=methods, attacks=attacks, seeds=seeds,
+                          other_seeds=other_seeds, headline=headline, students=students, device=device,
+                          results_dir=results_dir, overrides=overrides, progress=progress)
+
+
+def study(setup: Setup, *, progress: bool | None = None) -> Study:
+    """Every method of ``setup.methods`` on every student: the headline pairs on ``setup.seeds``, every
+    other method on ``setup.other_seeds`` (the CPU budget's compromise, stated in the notebook)."""
+    paired = {m for pair in setup.headline_pairs for m in pair}
+    plan = [(setup, m, st, s) for st in setup.students for m in setup.methods
+            for s in (setup.seeds if m in paired else setup.other_seeds)]
+    return run_plan(setup, plan, progress)
