@@ -367,7 +367,7 @@ def load_recorded(folder) -> Study:
         teachers[t["student"]] = {**t, "from_cache": True}
     if not results or not teachers:
         raise ValueError(f"{folder} holds no finished run (runs/*/result*.json) with a teacher evaluation "
-                         f"(teacher-evals/); give the folder that fairard.experiments wrote")
+                         f"(teacher-evals/); give the folder that fairard.runs wrote")
     first, cfg = results[0], results[0]["config"]
     settings = first["eval_settings"]
     base = PROFILES[first["profile"]]

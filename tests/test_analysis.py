@@ -1,4 +1,4 @@
-"""fairard.analysis: input-gradient gap, class weights replayed from a log, the kernel-free explorer,
+"""fairard.studies (ablations, kdiga, weighting_explorer, aa_variants): input-gradient gap, class weights replayed from a log, the kernel-free explorer,
 parameter checks, the ablation plan, tables and figures of the four analysis notebooks."""
 
 import json
