@@ -87,6 +87,10 @@ def markdown_table(rows, attacks, whats=("accuracy", "worst_class_accuracy")) ->
 
 def compare_pair(results, base: str, fair: str, attack: str, what: str = "worst_class_accuracy") -> dict:
     """Fair-* minus base over matched seeds, with the seed-to-seed spread, and a plain-words verdict.
+
+    The difference "exceeds twice the seed-to-seed spread" when, over at least 3 matched seeds, the mean
+    difference is larger than twice the larger population std over seeds of the two methods and twice the
+    standard error (population std / sqrt(n)) of the paired differences.
     ``results`` must hold one student architecture (``headline`` splits by student)."""
     results = [r for r in results if r["method"] in (base, fair)]
     students = sorted({r["student"] for r in results})
@@ -102,7 +106,7 @@ def compare_pair(results, base: str, fair: str, attack: str, what: str = "worst_
     std_diff = mean_std(diffs)[1]
     exceeds = len(seeds) >= 3 and abs(mean) > 2 * max(spread, std_diff / math.sqrt(len(seeds)))
     verdict = (f"{fair} vs {base}, {what.replace('_', ' ')} under {attack}: {100 * mean:+.1f} points "
-               f"(mean over {len(seeds)} seeds; seed-to-seed std {100 * spread:.1f}). ")
+               f"(mean over {len(seeds)} seeds; seed-to-seed std {100 * spread:.1f}, the population std). ")
     verdict += ("The difference exceeds twice the seed-to-seed spread." if exceeds else
                 "The difference does not exceed twice the seed-to-seed spread: at this scale it is not "
                 "distinguishable from noise." if len(seeds) >= 3 else
@@ -195,16 +199,20 @@ def class_accuracy(results, attack: str) -> dict:
 
 
 def per_class_markdown(results, teacher: dict | None, attack: str) -> str:
-    """Rows: the teacher, then each (method, student) with per-class accuracy (%, mean over seeds),
-    then avg / worst / NSD."""
+    """Rows: the teacher, then each (method, student) with per-class accuracy (%, mean over seeds), their mean,
+    then worst class and NSD as the main table defines them (``summarize_runs``): the mean over seeds of each
+    run's worst-class accuracy and NSD, with each seed's worst class named."""
     names = (teacher or results[0])["evaluation"]["class_names"]
+    everyone = ([teacher] if teacher else []) + list(results)
+    runs_of = group_by(everyone)
     rows = []
-    groups = class_accuracy(([teacher] if teacher else []) + list(results), attack)
-    for (method, student), g in groups.items():
-        acc = g["mean"]
-        nsd = float(acc.std() / acc.mean()) if acc.mean() > 0 else float("nan")
-        rows.append([method, student, ",".join(map(str, g["seeds"]))] + [f"{100 * v:.1f}" for v in acc]
-                    + [f"{100 * acc.mean():.1f}", f"{100 * acc.min():.1f} ({names[int(acc.argmin())]})", f"{nsd:.3f}"])
+    for key, g in class_accuracy(everyone, attack).items():
+        runs = runs_of[key]
+        worst = np.mean([metric(r, attack, "worst_class_accuracy") for r in runs])
+        worst_names = ", ".join(dict.fromkeys(names[metric(r, attack, "worst_class")] for r in runs))
+        nsd = np.mean([metric(r, attack, "nsd") for r in runs])
+        rows.append([*key, ",".join(map(str, g["seeds"]))] + [f"{100 * v:.1f}" for v in g["mean"]]
+                    + [f"{100 * g['mean'].mean():.1f}", f"{100 * worst:.1f} ({worst_names})", f"{nsd:.3f}"])
     return md_table(["method", "student", "seeds"] + list(names) + ["mean", "worst", "NSD"], rows)
 
 

@@ -211,7 +211,8 @@ def _official_main(script_name, setup, arg_overrides, epochs, noise):
 def test_fair_ard_and_iad_match_the_official_main(setup, cpu_only, script_name, method, options, arg_overrides):
     """Two epochs of the official main() (weights 1, then from epoch 0's kappa; SGD with Nesterov; 10-step
     PGD in train mode from a uniform start) against fairard's Trainer from the same start points: kappa sums
-    per class, the class weights, and the parameters after both steps agree."""
+    per class, the class weights, and the parameters after both steps agree. Fails if fairard's loss, kappa,
+    weight formula, weight application or optimiser departs from the script (tried: ARD's tau 30 -> 20)."""
     uniform = lambda x: torch.zeros_like(x).uniform_(-EPS, EPS)  # noqa: E731  (the script's own draw)
     basic_net, kappas, weights = _official_main(script_name, setup, arg_overrides, 2, uniform)
     trainer = fairard_run(setup, method, 2, uniform, epochs=2, method_options=options)
@@ -272,7 +273,8 @@ def _official_loop(script_name, setup, epochs, batches=None, nat_teacher=False):
 def test_fair_rslad_matches_the_official_loop(setup, cpu_only):
     """Two epochs of Fair-RSLAD's loop (KL-to-teacher PGD in eval mode from x + 0.001 N(0, I), 5/6 + 1/6 KL,
     class weights from kappa) against fairard: class weights and parameters agree once fairard's weighting
-    uses the script's kappa without the 1e-5 (audit row 14; an attribute of the weighting, no CLI switch)."""
+    uses the script's kappa without the 1e-5 (audit row 14; an attribute of the weighting, no CLI switch).
+    Fails if fairard's RSLAD loss or weighting departs from it (tried: 5/6 + 1/6 -> 4/6 + 2/6, no class weights)."""
     normal = lambda x: 0.001 * torch.randn(x.shape)  # noqa: E731  (the script's own draw)
     student, weights, _ = _official_loop("Fair-RSLAD.py", setup, 2)
     trainer = fairard_run(setup, "fair-rslad", 2, normal, epochs=2)
@@ -371,7 +373,8 @@ def eval_problem():
 def test_per_class_accuracy_matches_eval_py(cpu_only, monkeypatch, eval_problem, official_name, name):
     """eval.py's _pgd_whitebox (FGSM from x + 0.001 N(0, I), PGD-20 and CW-inf from a uniform start, step
     2/255, eps 8/255, model in eval mode) and fairard's evaluate() from the same start give the same
-    per-class accuracy on a BatchNorm model."""
+    per-class accuracy on a BatchNorm model. Fails if fairard's step, radius, steps or start departs from
+    eval.py (the CW confidence is pinned in test_eval_budgets.py: confidence 0 changes no prediction here)."""
     s = Script("eval.py")
     ns = s.run(s.top("cwloss", "_pgd_whitebox"), official_namespace())
     model, x, y = eval_problem
