@@ -73,7 +73,8 @@ def per_class_bars(results, teacher, attack: str = "pgd20", *, methods=None, cap
 
 def per_class_heatmap(results, teacher, attack: str = "pgd20", *, methods=None, caption: str = ""):
     """Methods × classes heat map of accuracy under ``attack`` (mean over seeds), teacher on top; the
-    worst class of each row is boxed."""
+    lowest cell of each row is boxed (the class lowest on the seed mean; the tables' worst class is each
+    run's own, averaged over seeds, and may name other classes when seeds disagree)."""
     names = _class_names(results, teacher)
     groups = _groups(results, teacher, attack, methods)
     mat = np.array([100 * g[1] for g in groups])
@@ -87,7 +88,7 @@ def per_class_heatmap(results, teacher, attack: str = "pgd20", *, methods=None, 
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_yticks(range(len(groups)), [g[0] for g in groups])
     fig.colorbar(im, ax=ax, label=f"{attack} accuracy (%)")
-    return _finish(fig, f"Per-class {attack} accuracy (red box: worst class)", caption)
+    return _finish(fig, f"Per-class {attack} accuracy, mean over seeds (red box: lowest seed-mean class)", caption)
 
 
 def paired_seeds(results, pairs, attacks=("pgd20", "aa"), *, what: str = "worst_class_accuracy",
