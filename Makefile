@@ -34,7 +34,7 @@ clean:
 
 # ---- the book (book/build.py): vendor the browser scripts (npm), papermill every notebook for
 # PROFILE into book/executed/, then jupyter-book build -> book/_build/html/index.html.
-# PROFILE=quick (default, 2-core CPU) | smoke (CI, numbers mean nothing) | paper (GPU).
+# PROFILE=quick (default, 2-core CPU) | smoke (CI, numbers mean nothing) | paper | paper-official (GPU).
 # OVERRIDES='{"teacher_checkpoint": "/abs/model_cifar_wrn.pt"}' passes profile fields to every notebook.
 PROFILE ?= quick
 BOOK_ARGS = --profile $(PROFILE) $(if $(OVERRIDES),--overrides '$(OVERRIDES)')

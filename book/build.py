@@ -38,7 +38,7 @@ from pathlib import Path
 
 BOOK = Path(__file__).resolve().parent
 REPO = BOOK.parent
-PROFILES = ("smoke", "quick", "paper")
+PROFILES = ("smoke", "quick", "paper", "paper-official")
 
 # Pinned browser packages (checked with `npm view`): html-manager 1.x is the ipywidgets 8 embedder.
 VENDOR_PACKAGES = {

@@ -29,7 +29,10 @@ from .train import TrainConfig, train
 from .utils import provenance, resolve_device, write_json
 
 
-_EPOCH_OPTIONS = {"iad": ("begin",), "cfa": ("begin",)}
+_EPOCH_OPTIONS = {"iad": ("begin",), "cfa": ("begin",), "frl-rw": ("rate1_halving",), "frl-rmrw": ("rate1_halving",)}
+# FRL's hot start (its init_checkpoint): a PGD-AT model of the student's architecture, trained like the profile's
+# teacher (same epochs and data), cached like any teacher.
+INIT_METHOD = "pgd_at"
 
 
 def _scaled_schedule(method: str, epochs: int | None):
@@ -46,22 +49,28 @@ def _scaled_schedule(method: str, epochs: int | None):
     return milestones, options
 
 
-def teacher_config(p: Profile, *, role: str = "teacher", seed: int = 0) -> TrainConfig:
-    """The (cached) teacher of profile ``p``; role 'nat_teacher' gives MTARD's natural teacher."""
-    arch, method, epochs = ((p.teacher, p.teacher_method, p.teacher_epochs) if role == "teacher"
-                            else (p.nat_teacher, "natural", p.nat_teacher_epochs))
+def teacher_config(p: Profile, *, role: str = "teacher", seed: int = 0, arch: str | None = None) -> TrainConfig:
+    """The (cached) teacher of profile ``p``; role 'nat_teacher' gives MTARD's natural teacher, role 'init'
+    FRL's robust starting point for the student architecture ``arch``. The robust teacher follows the
+    profile's ``teacher_recipe`` (TrainConfig fields) where it has one."""
+    arch, method, epochs = {"teacher": (p.teacher, p.teacher_method, p.teacher_epochs),
+                            "nat_teacher": (p.nat_teacher, "natural", p.nat_teacher_epochs),
+                            "init": (arch, INIT_METHOD, p.teacher_epochs)}[role]
     milestones, _ = _scaled_schedule(method, epochs)
-    return TrainConfig(method=method, student=arch, dataset=p.dataset, n_per_class=p.n_per_class, epochs=epochs,
-                       milestones=milestones, attack_steps=p.attack_steps, batch_size=p.batch_size, seed=seed,
-                       student_kwargs=dict(p.teacher_kwargs) if role == "teacher" else {}, device=p.device,
-                       monitor_n=0)
+    kwargs = dict(method=method, student=arch, dataset=p.dataset, n_per_class=p.n_per_class, epochs=epochs,
+                  milestones=milestones, attack_steps=p.attack_steps, batch_size=p.batch_size, seed=seed,
+                  student_kwargs=dict(p.teacher_kwargs) if role == "teacher" else {}, device=p.device, monitor_n=0)
+    if role == "teacher":  # the recipe's schedule gives way to an explicit teacher_epochs (scaled as above)
+        drop = ("epochs", "milestones") if p.teacher_epochs is not None else ()
+        kwargs.update({k: v for k, v in p.teacher_recipe.items() if k not in drop})
+    return TrainConfig(**kwargs)
 
 
-def teacher_checkpoint(p: Profile, *, role: str = "teacher", progress: bool = True) -> str:
+def teacher_checkpoint(p: Profile, *, role: str = "teacher", progress: bool = True, arch: str | None = None) -> str:
     """Path of the teacher's weights: the profile's checkpoint, or a cached trained one."""
     if role == "teacher" and p.teacher_checkpoint:
         return p.teacher_checkpoint
-    cfg = teacher_config(p, role=role)
+    cfg = teacher_config(p, role=role, arch=arch)
     out = results_dir() / "teachers" / f"{cfg.method}-{cfg.student}-{cfg.key()}"
     if not (out / "final.pt").exists():
         train(cfg, out, progress=progress)
@@ -88,7 +97,14 @@ def student_config(p: Profile, method: str, *, student: str | None = None, seed:
                       nat_teacher_checkpoint=teacher_checkpoint(p, role="nat_teacher", progress=progress))
     if base == "cfa":
         kwargs["val_per_class"] = max(1, (p.n_per_class or 5000) // 50)  # FAWA's validation split (2 %)
+    if cls.needs_init_checkpoint:  # FRL: fine-tune the cached PGD-AT run of the same architecture
+        kwargs["init_checkpoint"] = teacher_checkpoint(p, role="init", arch=kwargs["student"], progress=progress)
+    if cls.needs_validation:  # FRL's script holds out 300 of 5,000 images per class (6 %)
+        kwargs["val_per_class"] = max(1, (p.n_per_class or 5000) * 3 // 50)
+    quirks = dict(p.method_overrides.get(method, {}))
+    options = {**options, **quirks.pop("method_options", {})}
     method_options = {**options, **overrides.pop("method_options", {})}
+    kwargs.update(quirks)
     kwargs.update(overrides)
     kwargs["method_options"] = method_options
     return TrainConfig(**kwargs)

@@ -51,9 +51,10 @@ def content_hash(obj) -> str:
 
 
 def train_key(cfg: TrainConfig) -> str:
-    """The cache key of a training run: its config, teacher checkpoints relative to the results folder."""
+    """The cache key of a training run: its config, teacher (and init) checkpoints relative to the results folder."""
     portable = dataclasses.replace(cfg, teacher_checkpoint=portable_path(cfg.teacher_checkpoint),
-                                   nat_teacher_checkpoint=portable_path(cfg.nat_teacher_checkpoint))
+                                   nat_teacher_checkpoint=portable_path(cfg.nat_teacher_checkpoint),
+                                   init_checkpoint=portable_path(cfg.init_checkpoint))
     return portable.key()
 
 

@@ -390,3 +390,73 @@ def test_floor_note_only_when_the_worst_class_cannot_move():
     weak = [fake("ard", s, [0.01, 0.02, 0.03 + 0.01 * s]) for s in range(3)]
     assert "3 of the 3 runs average below 5 %" in tables.floor_note(weak, "pgd20")
     assert tables.floor_note([], "pgd20") == ""
+
+
+# ---- the paper profiles, FRL's hot start ----------------------------------------------------------------
+@pytest.fixture
+def no_training(monkeypatch):
+    """student_config without training any teacher: each role's checkpoint is a name."""
+    def fake_checkpoint(p, *, role="teacher", progress=True, arch=None):
+        return f"{role}-{arch or ''}.pt"
+    monkeypatch.setattr(runs, "teacher_checkpoint", fake_checkpoint)
+
+
+def test_paper_profile_trains_its_teacher_with_the_trades_script_recipe():
+    p = profiles.PROFILES["paper"]
+    cfg = runs.teacher_config(p)
+    assert (cfg.method, cfg.student, cfg.epochs, cfg.milestones) == ("trades", "wrn-34-10", 76, (74,))
+    assert (cfg.weight_decay, cfg.batch_size, cfg.attack_steps) == (2e-4, 128, 10)
+    assert cfg.method_options == {"eps": 0.031, "step_size": 0.007}
+    nat = runs.teacher_config(p, role="nat_teacher")
+    assert (nat.method, nat.student) == ("natural", "wrn-34-10")        # MTARD's code: a natural WRN-34-10
+    shortened = runs.teacher_config(dataclasses.replace(p, teacher_epochs=10))
+    assert (shortened.epochs, shortened.milestones) == (10, (8, 9))      # an explicit teacher_epochs wins
+    assert runs.teacher_config(profiles.PROFILES["quick"]).method_options == {}
+    for word in ("0.031", "0.007", "76", "2e-4", "WRN-34-10", "1.6/255", "paper-official"):
+        assert word in p.description, word
+
+
+def test_paper_official_profile_switches_every_quirk_on(no_training):
+    official, paper = profiles.PROFILES["paper-official"], profiles.PROFILES["paper"]
+    assert "aa10" in official.attacks and "aa" in official.attacks and "aa10" not in paper.attacks
+    expect = {
+        "ard": ("official_single_decay", {"official_clean_forward": True}),
+        "fair-iad": ("official_single_decay", {"official_clean_forward": True}),
+        "fair-kdiga": ("official_single_decay", {"grad_align": "official_batch"}),
+        "kdiga_ard": ("official_single_decay", {"grad_align": "official_batch", "kdiga_ard_teacher_input": "adv"}),
+        "fair-mtard": ("step", {"mtard_clean_target": "robust_teacher_adv"}),
+        "absld": ("step", {"absld_temperature": "official_product"}),
+        "rslad": ("step", {}), "mtard": ("step", {}),
+    }
+    for method, (schedule, options) in expect.items():
+        cfg = runs.student_config(official, method)
+        assert (cfg.lr_schedule, cfg.method_options) == (schedule, options), method
+        plain = runs.student_config(paper, method)
+        assert (plain.lr_schedule, plain.method_options) == ("step", {}), method
+    # a notebook's own override still wins over the profile's quirk
+    cfg = runs.student_config(official, "ard", lr_schedule="step", method_options={"official_clean_forward": False})
+    assert (cfg.lr_schedule, cfg.method_options) == ("step", {"official_clean_forward": False})
+    for name in (m for m in official.method_overrides):                   # every quirk names a real option
+        profiles.check_methods([name])
+
+
+def test_frl_fine_tunes_the_cached_pgd_at_run_of_its_architecture(no_training):
+    p = profiles.PROFILES["quick"]
+    cfg = runs.student_config(p, "frl-rmrw", student="resnet14")
+    assert cfg.init_checkpoint == "init-resnet14.pt" and cfg.teacher_checkpoint is None
+    assert cfg.val_per_class == 500 * 3 // 50                            # the script's 300 of 5,000 per class
+    assert cfg.method_options == {"rate1_halving": 1}                     # 40 of 120 epochs, scaled to 2
+    init = runs.teacher_config(p, role="init", arch="resnet14")
+    assert (init.method, init.student, init.epochs) == ("pgd_at", "resnet14", p.teacher_epochs)
+    assert {"frl-rw", "frl-rmrw", "bat", "cfa"} <= set(profiles.MAIN_METHODS)
+    with pytest.raises(ValueError, match="teacher_method"):
+        profiles.get_profile("quick", teacher_method="frl-rw")
+
+
+def test_init_checkpoint_is_portable_in_the_run_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path / "a"))
+    cfg = TrainConfig(method="frl-rw", init_checkpoint=str(tmp_path / "a" / "teachers" / "x" / "final.pt"))
+    key = store.train_key(cfg)
+    monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path / "b"))
+    moved = dataclasses.replace(cfg, init_checkpoint=str(tmp_path / "b" / "teachers" / "x" / "final.pt"))
+    assert store.train_key(moved) == key
