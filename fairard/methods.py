@@ -867,7 +867,8 @@ class FRL(Method):
     model of the same architecture) with a class-weighted TRADES loss, normalised by the weights
     of the batch: ``sum_i (w0_{y_i} CE(f(x_i), y_i) + beta w1_{y_i} KL(sigma(f(x_i)) || sigma(f(x'_i))))
     / sum_i (w0_{y_i} + w1_{y_i})``, returned per sample as B times sample i's share, so that the
-    trainer's mean over B reproduces it. KL summed over classes; the clean target is not detached.
+    trainer's mean over B reproduces it (over several processes each normalises by its own share of the
+    batch). KL summed over classes; the clean target is not detached.
     Attack: TRADES' (KL to sigma(f(x)), 0.001 N(0, I) start, eval mode, 10 x 2/255), radius eps * w2_y.
 
     Before every epoch (``begin_epoch``), on the validation split (PGD-20, 2/255, uniform start, eval
