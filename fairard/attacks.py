@@ -112,6 +112,7 @@ class EarlyStops:
     through ``pgd(..., observe=...)``; ``result(x_final)`` returns ``(first_adv, last_clean)``.
 
     Each iterate x^(t), t = 0..K-1, is checked before its step (the final x^(K) never is):
+
     - last clean: the iterate before the first misclassified one (x^(0) itself if that is already
       misclassified), or x^(K) if none is misclassified (BAT's ``stop_to_lastclean``);
     - first adversarial: with ``tau`` = 0, the first misclassified iterate; FAT's ``tau`` lets a sample

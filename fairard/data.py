@@ -4,6 +4,7 @@ Loading (`load_split`) returns plain numpy arrays: x uint8 (N, H, W, 3) NHWC (32
 Tiny-ImageNet), y int64 (N,). It looks in this order and takes the first source that exists:
 
 1. the dataset's own folder layout:
+
    - CIFAR: the torchvision folder ``<root>/cifar-10-batches-py`` (``cifar-100-python``), also one level
      down as ``<root>/<dataset>/cifar-10-batches-py``;
    - SVHN: torchvision's files ``<root>/svhn/{train,test}_32x32.mat`` (MATLAB ``X`` (32, 32, 3, N), ``y``
@@ -13,6 +14,7 @@ Tiny-ImageNet), y int64 (N,). It looks in this order and takes the first source 
      ``val/images/*.JPEG`` with ``val/val_annotations.txt``. Class k is the k-th wnid in sorted order
      (torchvision ImageFolder's convention). The official ``test/`` has no labels, so split ``test``
      reads the labelled ``val/`` (10,000 images, 50 per class), as robustness papers do;
+
 2. an npz pair ``<root>/<dataset>/{train,test}.npz`` with arrays ``x`` and ``y``;
 3. a torchvision download into ``<root>`` (CIFAR) or ``<root>/svhn`` (SVHN); Tiny-ImageNet has none
    (skipped with ``download=False``).
