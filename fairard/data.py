@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "CLASS_NAMES", "NUM_CLASSES", "IMAGE_SIZE", "AUGMENTATION", "DataNotFoundError", "data_root", "load_split",
-    "balanced_subset", "split_validation", "DeviceLoader",
+    "balanced_subset", "check_per_class", "split_validation", "DeviceLoader",
 ]
 
 CLASS_NAMES: dict[str, list[str]] = {
@@ -126,12 +127,16 @@ def load_split(dataset: str = "cifar10", split: str = "train", root=None,
     npz = root / dataset / f"{split}.npz"
     looked.append(f"{npz} (npz with arrays x, y)")
     if npz.is_file():
-        with np.load(npz, allow_pickle=False) as f:
-            missing = {"x", "y"} - set(f.files)
-            if missing:
-                raise ValueError(f"{npz} lacks array(s) {sorted(missing)}; it must hold x (uint8 NHWC) and y (int labels)")
-            x, y = f["x"], f["y"]
-        return _validate(x, y, dataset, str(npz))
+        try:
+            with np.load(npz, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in ("x", "y") if k in f.files}
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:  # truncated, damaged, not an npz
+            raise ValueError(f"{npz} cannot be read ({type(err).__name__}: {str(err)[:120]}); the file is damaged "
+                             f"or truncated: re-create it, or remove it so that another source is used") from None
+        missing = {"x", "y"} - set(arrays)
+        if missing:
+            raise ValueError(f"{npz} lacks array(s) {sorted(missing)}; it must hold x (uint8 NHWC) and y (int labels)")
+        return _validate(arrays["x"], arrays["y"], dataset, str(npz))
 
     reason = "download=False" if dataset in _DOWNLOADS else "no download exists"
     if download and dataset in _DOWNLOADS:
@@ -323,6 +328,22 @@ def _rank_within_class(y: np.ndarray, n: int, seed: int | None, what: str):
     return order, rank
 
 
+def check_per_class(y, num_classes: int, need: int, *, where: str, what: str | None = None) -> np.ndarray:
+    """Per-class counts of ``y``; ValueError if a class 0..num_classes-1 has fewer than ``need`` samples.
+    ``what`` (e.g. ``n_per_class (--n-per-class)``) names the option that asked for ``need`` per class;
+    without it the message is about classes missing from ``where`` (the data)."""
+    counts = np.bincount(np.asarray(y), minlength=num_classes)[:num_classes]
+    short = np.flatnonzero(counts < need)
+    if not len(short):
+        return counts
+    listing = ", ".join(f"{k}: {counts[k]}" for k in short[:10]) + (f", ... (+{len(short) - 10})" if len(short) > 10 else "")
+    if what is None:
+        raise ValueError(f"{where} has no images of class(es) {short.tolist()[:20]}; all {num_classes} classes must be "
+                         f"present (training would silently skip them): check or replace the data files")
+    raise ValueError(f"{what} = {need} is more than {where} holds (images per class {{{listing}}}); "
+                     f"use at most {int(counts.min())} or 'all'")
+
+
 def balanced_subset(y, n_per_class: int, seed: int | None = 0) -> np.ndarray:
     """Sorted int64 indices of `n_per_class` samples of every class 0..max(y): drawn at random with `seed`
     (deterministic), or the first ones in order with ``seed=None``. Raises if a class has fewer."""
@@ -338,11 +359,17 @@ def split_validation(y, n_val_per_class: int, seed: int | None = 0) -> tuple[np.
 
 
 def test_tensors(dataset: str = "cifar10", n_per_class: int | None = None, device="cpu", seed: int = 0,
-                 root=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test split (or a class-balanced ``n_per_class`` subset) as float [0, 1] NCHW images and int64
-    labels on ``device``: what every evaluation attacks."""
+                 root=None, what: str = "n_per_class") -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split (or a class-balanced ``n_per_class`` subset, >= 1; None or 'all': every image) as float
+    [0, 1] NCHW images and int64 labels on ``device``: what every evaluation attacks. ``what`` names the option
+    in the error when ``n_per_class`` is out of range or more than the split holds."""
+    from .checks import check_int
+
+    n_per_class = check_int(n_per_class, what, 1, all_word=True)
     x, y = load_split(dataset, "test", root)
-    if n_per_class:
+    if n_per_class is not None:
+        check_per_class(y, NUM_CLASSES[dataset], n_per_class, where=f"the {dataset} test split under {data_root(root)}",
+                        what=what)
         idx = balanced_subset(y, n_per_class, seed=seed)
         x, y = x[idx], y[idx]
     xt = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div_(255).contiguous()

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from . import attacks as A
+from .checks import InputError, check_choices, check_finite_model
 from .autoattack import autoattack
 from .metrics import summarize
 
@@ -52,12 +53,11 @@ EVAL_ATTACKS: dict[str, EvalAttack] = {
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd20", "cw20", "aa")
 
 
-def check_attacks(names) -> list[str]:
-    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
-    unknown = [n for n in names if n not in EVAL_ATTACKS]
-    if unknown or not names:
-        raise ValueError(f"unknown attack(s) {unknown}; valid: {', '.join(EVAL_ATTACKS)}")
-    return names
+def check_attacks(names, what: str = "attacks") -> list[str]:
+    """Attack names (a list or 'clean,pgd20'): at least one, each known and listed once."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    return check_choices(list(names), what, list(EVAL_ATTACKS))
 
 
 @contextlib.contextmanager
@@ -82,14 +82,19 @@ def predict_under_attack(model, x, y, attack: str, *, eps=8 / 255, batch_size=25
             verbose = progress is None or not getattr(progress, "disable", False)
             return spec.run(model, x, y, eps, None, verbose=verbose).to(y.device)
         generator = torch.Generator(device=x.device).manual_seed(seed)
-        preds = []
+        preds, finite = [], torch.ones((), dtype=torch.bool, device=x.device)
         for start in range(0, len(x), batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             x_adv = spec.run(model, xb, yb, eps, generator)
             with torch.no_grad():
-                preds.append(model(x_adv).argmax(1))
+                logits = model(x_adv)
+            finite &= torch.isfinite(logits).all()  # checked once per attack: no host sync per batch
+            preds.append(logits.argmax(1))
             if progress is not None:
                 progress.update(len(xb))
+        if not bool(finite):
+            raise InputError(f"the model's outputs under {attack} are nan/inf, so its accuracy would be meaningless "
+                             "(argmax of nan is class 0); check the checkpoint and the model's normalisation")
         return torch.cat(preds)
 
 
@@ -129,6 +134,13 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks=DEFAULT_ATTACKS
     from tqdm.auto import tqdm
 
     names = check_attacks(attacks)
+    if len(x) == 0:
+        raise InputError("no images to evaluate: x is empty")
+    check_finite_model(model)
+    with eval_mode(model), torch.no_grad():  # one batch first: nan outputs are refused before any attack runs
+        if not bool(torch.isfinite(model(x[:batch_size])).all()):
+            raise InputError("the model's outputs are nan/inf on clean images, so its accuracy would be meaningless "
+                             "(argmax of nan is class 0); check the checkpoint and the model's normalisation")
     results, seconds = {}, {}
     for name in names:
         bar = tqdm(total=len(x), desc=f"{name:>6}", unit="img", disable=not progress, leave=False)

@@ -56,15 +56,19 @@ def export_model(model: torch.nn.Module, arch: str, dataset: str, out, result: d
 
 def cmd_export(args) -> int:
     """The ``export`` command: load, evaluate (clean and AutoAttack by default) and write the pair."""
+    from .checks import check_finite_model, check_output_file
     from .evaluate import check_attacks, evaluate
     from .models import build_model, load_checkpoint
 
-    attacks = check_attacks(args.attacks)
+    attacks = check_attacks(args.attacks, "--attacks")
     num_classes = D.NUM_CLASSES[args.dataset]
     build_model(args.arch, num_classes)  # an unknown arch fails here, listing the valid ones, before any work
+    for suffix in (".pt", ".json"):  # both outputs writable before the evaluation (AutoAttack: hours)
+        check_output_file(Path(str(args.out) + suffix), "--out")
     device = resolve_device(args.device)
     model = load_checkpoint(args.arch, args.checkpoint, num_classes=num_classes).to(device)
-    x, y = D.test_tensors(args.dataset, args.n_per_class, device, args.seed, args.data_root)
+    check_finite_model(model, f"checkpoint {args.checkpoint!r}")
+    x, y = D.test_tensors(args.dataset, args.n_per_class, device, args.seed, args.data_root, what="--n-per-class")
     result = evaluate(model, x, y, attacks=attacks, class_names=D.CLASS_NAMES[args.dataset], eps=args.eps,
                       seed=args.seed, progress=not args.quiet, check_large_eps=0)
     result["provenance"] = provenance(device)

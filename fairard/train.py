@@ -32,11 +32,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import checks
 from . import data as D
 from .attacks import as_radius, pgd, start_point
 from .fairness import ClassStats, FairWeighting
 from .methods import METHODS, AttackConfig, Forward, get_method
-from .models import build_model, folded_batchnorm, load_checkpoint, set_batchnorm_folding
+from .models import (CheckpointError, build_model, folded_batchnorm, load_checkpoint, read_checkpoint,
+                     set_batchnorm_folding)
 from .utils import provenance, resolve_device, save_torch, write_json
 
 SYNC_EVERY = 50  # steps between host syncs for the divergence check
@@ -49,12 +51,17 @@ AMP_MODES = ("auto", "bf16", "off")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became nan/inf; the last good checkpoint is kept."""
+    """The loss, the weights or the class weights became nan/inf; the last good checkpoint is kept
+    (a non-finite state is never checkpointed)."""
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run; ``None`` means the method's official default."""
+    """Everything that defines a run; ``None`` means the method's official default.
+
+    Every field is checked when the config is made (``fairard.checks.check_train_config``): counts, epochs,
+    batch size and attack steps are integers >= 1 (``n_per_class`` None or 'all': the whole training set),
+    ``val_per_class``/``monitor_n`` >= 0 (0: off), lr > 0, beta >= 0, clamp None or 0 < low <= high."""
     method: str                                   # e.g. "ard", "fair-ard", "rslad", "trades"
     student: str = "resnet18"                     # the model being trained (a teacher for teacher methods)
     teacher: str | None = None                    # robust teacher arch (distillation methods)
@@ -64,7 +71,7 @@ class TrainConfig:
     init_checkpoint: str | None = None            # start from these weights (FRL fine-tunes a robust model)
     dataset: str = "cifar10"
     data_root: str | None = None
-    n_per_class: int | None = None                # class-balanced training subset (None: all)
+    n_per_class: int | None = None                # class-balanced training subset (None or 'all': all)
     val_per_class: int = 0                        # held-out validation split (CFA's FAWA needs one)
     epochs: int | None = None
     milestones: tuple | None = None               # lr x0.1 at these epochs
@@ -89,8 +96,7 @@ class TrainConfig:
     monitor_n: int = 500                          # held-out test images for the per-epoch clean/PGD monitor
 
     def __post_init__(self):
-        self.milestones = tuple(self.milestones) if self.milestones is not None else None
-        self.clamp = tuple(self.clamp) if self.clamp is not None else None
+        checks.check_train_config(self)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
         if self.amp not in AMP_MODES:
@@ -204,10 +210,13 @@ class Trainer:
             raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(D.NUM_CLASSES)}")
 
         self.method = get_method(cfg.base_method, num_classes=self.num_classes, **cfg.method_options)
+        checks.check_model_kwargs(cfg.student, self.num_classes, cfg.student_kwargs, "student_kwargs (--student-kw)")
+        if self.method.needs_teacher and cfg.teacher is not None:
+            checks.check_model_kwargs(cfg.teacher, self.num_classes, cfg.teacher_kwargs, "teacher_kwargs (--teacher-kw)")
         od = self.method.optim.for_dataset(cfg.dataset)
         self.epochs = cfg.epochs if cfg.epochs is not None else od.epochs
         self.milestones = cfg.milestones if cfg.milestones is not None else od.milestones
-        self.batch_size = cfg.batch_size or od.batch_size
+        self.batch_size = cfg.batch_size if cfg.batch_size is not None else od.batch_size
         self.base_lr = cfg.lr if cfg.lr is not None else od.lr
         nesterov = cfg.nesterov if cfg.nesterov is not None else (cfg.fair or od.nesterov)
 
@@ -236,11 +245,18 @@ class Trainer:
     def _build_data(self):
         cfg = self.cfg
         x, y = D.load_split(cfg.dataset, "train", cfg.data_root)
+        where = f"the {cfg.dataset} training split under {D.data_root(cfg.data_root)}"
+        D.check_per_class(y, self.num_classes, 1, where=where)  # a class without images: refused, not skipped
         idx = np.arange(len(y))
-        if cfg.n_per_class:
+        if cfg.n_per_class is not None:
+            D.check_per_class(y, self.num_classes, cfg.n_per_class, where=where, what="n_per_class (--n-per-class)")
             idx = D.balanced_subset(y, cfg.n_per_class, seed=cfg.seed)
         val_idx = None
         if cfg.val_per_class:
+            fewest = int(np.bincount(y[idx], minlength=self.num_classes).min())
+            if cfg.val_per_class >= fewest:
+                raise checks.InputError(f"val_per_class (--val-per-class) = {cfg.val_per_class} leaves no training "
+                                        f"images in a class of {fewest}; use at most {fewest - 1}")
             tr, va = D.split_validation(y[idx], cfg.val_per_class, seed=cfg.seed)
             idx, val_idx = idx[tr], idx[va]
         self.train_loader = D.DeviceLoader(x[idx], y[idx], batch_size=self.batch_size, train=True,
@@ -315,6 +331,17 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        needed = ("epoch", "config_key", "student", "optimizer", "method", "weighting", "fawa", "history", "torch_rng")
+        if not isinstance(state, dict) or any(k not in state for k in needed):
+            raise CheckpointError(f"{self.checkpoint_path} is not a fairard training checkpoint (it lacks "
+                                  f"{[k for k in needed if not isinstance(state, dict) or k not in state]}); "
+                                  "remove it to start over, or choose a new --out folder")
+        bad = checks.non_finite(state["student"])
+        if state["weighting"] is not None and checks.non_finite(state["weighting"]):
+            bad.append("class weights")
+        if bad:
+            raise CheckpointError(f"{self.checkpoint_path} holds non-finite (nan/inf) {', '.join(bad[:4])}; "
+                                  "remove it to start over, or choose a new --out folder")
         if state["config_key"] != self.cfg.key():
             raise ValueError(f"{self.checkpoint_path} belongs to another configuration "
                              f"({state['config_key']} != {self.cfg.key()}); use a new --out folder or the same options")
@@ -331,7 +358,7 @@ class Trainer:
     def resume(self) -> bool:
         if not self.checkpoint_path.exists():
             return False
-        self.load_state_dict(torch.load(self.checkpoint_path, map_location=self.device, weights_only=True))
+        self.load_state_dict(read_checkpoint(self.checkpoint_path, map_location=self.device))
         return True
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -447,10 +474,26 @@ class Trainer:
         self.student.train()
         return logits
 
-    def _diverged(self, epoch):
-        kept = f"; the last good checkpoint ({self.checkpoint_path}) is kept" if self.checkpoint_path.exists() else ""
-        raise TrainingDiverged(f"loss became nan/inf in epoch {epoch} of {self.cfg.method}{kept}. "
-                               f"Try a lower --lr, --amp off, or check the teacher checkpoint.")
+    def _diverged(self, epoch, what: str = "loss"):
+        """Stop a diverged run before anything non-finite is checkpointed, naming the likeliest cause."""
+        kept = (f"; the last good checkpoint ({self.checkpoint_path}) is kept" if self.checkpoint_path.exists()
+                else "; nothing was checkpointed")
+        if self.weighting is not None and not bool(torch.isfinite(self.weighting.weights).all()):
+            cause = (f"the Fair-* class weights are non-finite ({self.weighting.weights.tolist()}) with --beta "
+                     f"{self.cfg.beta} and --clamp {self.cfg.clamp}: lower --beta or set a --clamp")
+        elif self.teacher is not None and checks.non_finite(self.teacher.state_dict()):
+            cause = f"the teacher checkpoint {self.cfg.teacher_checkpoint} holds nan/inf weights: use another"
+        else:
+            cause = (f"try a lower --lr (this run: {self.base_lr}), --amp off, or check the teacher checkpoint")
+        raise TrainingDiverged(f"{what} became nan/inf in epoch {epoch} of {self.cfg.method}{kept}. Cause: {cause}.")
+
+    def _check_finite_state(self, epoch: int) -> None:
+        """Weights and class weights are finite before they are checkpointed."""
+        bad = checks.non_finite(self.student.state_dict())
+        if bad:
+            self._diverged(epoch, f"the student's weights ({', '.join(bad[:3])})")
+        if self.weighting is not None and not bool(torch.isfinite(self.weighting.weights).all()):
+            self._diverged(epoch, "the class weights")
 
     def monitor_epoch(self) -> dict:
         """Clean and PGD-10 accuracy (fp32, eval mode) on a small held-out class-balanced test slice."""
@@ -488,6 +531,7 @@ class Trainer:
                 bar.set_postfix_str("w=" + ",".join(f"{w:.2f}" for w in self.weighting.weights.tolist()))
             record = self.train_epoch(epoch, bar)
             bar.close()
+            self._check_finite_state(epoch)
             self.method_after_epoch(epoch)
             record["monitor"] = self.monitor_epoch()
             self.history.append(record)
@@ -533,7 +577,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = True, progress: bool = Tr
     trainer = Trainer(cfg, out_dir, progress=progress)
     final = Path(out_dir) / "final.pt"
     if resume and final.exists() and trainer.resume() and trainer.start_epoch >= trainer.epochs:
-        trainer.student.load_state_dict(torch.load(final, map_location=trainer.device, weights_only=True))
+        trainer.student.load_state_dict(read_checkpoint(final, map_location=trainer.device))
         return trainer.student.eval()
     trainer.fit(resume=resume)
     trainer.student.load_state_dict(trainer.final_state_dict())

@@ -22,8 +22,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def _atomic_write(path: Path, write) -> Path:
     """Write through a temporary file in the same folder, then rename: a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # name the file asked for, not a temporary one (commands check outputs up front)
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror}", str(path)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)

@@ -1,5 +1,6 @@
 """fairard.models: registry, architectures (shapes, key names, sizes), normalisation and checkpoint loading."""
 import argparse
+import os
 
 import pytest
 import torch
@@ -280,6 +281,8 @@ def _write_corrupt(path, kind):
         path.write_bytes(path.read_bytes()[:2000])
     elif kind == "disallowed_global":
         torch.save({"state_dict": build_model("resnet8").state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    elif kind == "pickled_callable":  # torch 2.6+ words this "unsupported GLOBAL posix.system ... is blocked"
+        torch.save({"state_dict": build_model("resnet8").state_dict(), "hook": os.system}, path)
     elif kind == "not_a_state_dict":
         torch.save([1, 2, 3], path)
 
@@ -290,6 +293,7 @@ def _write_corrupt(path, kind):
     ("empty", "empty"),
     ("truncated_zip", "damaged or truncated"),
     ("disallowed_global", "argparse.Namespace"),
+    ("pickled_callable", r"pickles a callable or class \(posix.system\)"),
     ("not_a_state_dict", "holds no state dict"),
 ])
 def test_corrupt_checkpoint_raises_clear_error(tmp_path, kind, reason):

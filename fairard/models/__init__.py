@@ -9,11 +9,11 @@ Every model takes [0,1] NCHW inputs; ``mean=``/``std=`` add in-model normalisati
 Families (one file each, importing a family registers its models): ``resnet`` (ResNet-18/34, CIFAR stem),
 ``preact_resnet``, ``mobilenet_v2`` (CIFAR variant), ``wide_resnet`` (TRADES keys), ``cifar_resnet`` (He et al.).
 """
-from ._checkpoint import CheckpointError, clean_state_dict, load_checkpoint
+from ._checkpoint import CheckpointError, clean_state_dict, load_checkpoint, read_checkpoint
 from ._common import Normalize, folded_batchnorm, set_batchnorm_folding
 from ._registry import build_model, list_models, register_model, register_model_pattern
 from . import cifar_resnet, mobilenet_v2, preact_resnet, resnet, wide_resnet  # noqa: F401,E402  (registration)
 
 __all__ = ["build_model", "list_models", "register_model", "register_model_pattern", "load_checkpoint",
-           "clean_state_dict", "CheckpointError", "Normalize",
+           "read_checkpoint", "clean_state_dict", "CheckpointError", "Normalize",
            "folded_batchnorm", "set_batchnorm_folding"]

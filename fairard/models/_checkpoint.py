@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ._registry import build_model
 
-__all__ = ["CheckpointError", "clean_state_dict", "load_checkpoint"]
+__all__ = ["CheckpointError", "clean_state_dict", "load_checkpoint", "read_checkpoint"]
 
 # Wrappers written by common training scripts: {"state_dict": sd, "epoch": ...}, {"model": sd, "optimizer": ...}.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
@@ -55,10 +55,15 @@ def _describe(obj) -> str:
 def _why_unreadable(path: Path, err: Exception) -> str:
     """One sentence on why torch.load failed, instead of torch's generic weights_only text or a pickle traceback."""
     msg = str(err)
-    bad_global = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+    # torch <= 2.5: "Unsupported global: GLOBAL x.y"; torch 2.6+ (2.14 too) for a blocked module such as os/posix:
+    # "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
+    bad_global = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", msg)
     if bad_global:
-        return (f"it pickles {bad_global.group(1)}, which weights_only loading refuses; if you trust the file, load it "
-                "once with torch.load(..., weights_only=False) and re-save only the model's state_dict()")
+        name = bad_global.group(1)
+        kind = "a callable or class" if "blocked" in msg or not name.startswith("torch.") else "an object"
+        return (f"it pickles {kind} ({name}), which weights_only loading refuses because unpickling it could run "
+                "code; if you trust the file, load it once with torch.load(..., weights_only=False) and re-save "
+                "only the model's state_dict()")
     with open(path, "rb") as f:
         head = f.read(8)
     if not head:
@@ -70,15 +75,23 @@ def _why_unreadable(path: Path, err: Exception) -> str:
     return f"it is not a PyTorch checkpoint: torch.save writes zip archives, this file starts with {head!r} ({detail})"
 
 
-def _read(path: Path, map_location) -> dict[str, torch.Tensor]:
-    """torch.load with weights_only=True, turning every failure into one readable error, then unwrap."""
+def read_checkpoint(path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``, every failure turned into one readable error naming the file
+    (``FileNotFoundError`` if it is missing, ``CheckpointError`` if it cannot be read). No unwrapping: the
+    trainer reads its own checkpoints (``checkpoint.pt``) with it too."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: '{path}' (resolved: '{path.resolve()}'); "
                                 "check the path or the run directory it should come from")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001  (torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ...)
         raise CheckpointError(f"cannot load checkpoint '{path}': {_why_unreadable(path, err)}") from err
+
+
+def _read(path: Path, map_location) -> dict[str, torch.Tensor]:
+    """``read_checkpoint``, then unwrap to the state dict."""
+    obj = read_checkpoint(path, map_location)
 
     if isinstance(obj, dict):
         for key in _WRAPPER_KEYS:
