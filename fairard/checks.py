@@ -120,12 +120,12 @@ def as_list(value, what: str, kind=str) -> list:
     return out
 
 
-def check_choices(values, what: str, valid) -> list:
+def check_choices(values, what: str, valid, noun: str = "value") -> list:
     """A non-empty list of names from ``valid``, each once; the error lists the valid names."""
     values = as_list(values, what) if values is not None else []
     unknown = [v for v in values if v not in valid]
     if unknown:
-        raise InputError(f"{what}: unknown value(s) {unknown}; valid: {', '.join(map(str, valid))}")
+        raise InputError(f"{what}: unknown {noun}(s) {unknown}; valid: {', '.join(map(str, valid))}")
     if not values:
         raise InputError(f"{what}: give at least one of: {', '.join(map(str, valid))}")
     repeated = sorted({v for v in values if values.count(v) > 1})
@@ -136,7 +136,7 @@ def check_choices(values, what: str, valid) -> list:
 
 def check_clamp(clamp, what: str | None = "clamp") -> tuple[float, float] | None:
     """None (clamp off: also the words none/off/null) or two finite numbers with 0 < low <= high."""
-    domain = "none (off) or two finite numbers LOW,HIGH with 0 < LOW <= HIGH (official: 5/6,5/2)"
+    domain = "none (off) or two finite numbers low,high with 0 < low <= high (official: 5/6,5/2)"
     if isinstance(clamp, str):
         text = clamp.strip()
         if text.lower() in ("none", "off", "null", ""):
@@ -159,10 +159,8 @@ def check_clamp(clamp, what: str | None = "clamp") -> tuple[float, float] | None
 def check_betas(betas, what: str = "betas") -> list[float]:
     """Fair-* weighting exponents: finite numbers >= 0 (a negative beta would favour the easy classes)."""
     betas = as_list(betas, what, float)
-    if not betas:
-        raise InputError(f"{what}: give at least one beta (the paper uses 2)")
-    for b in betas:
-        check_float(b, what, 0)
+    if not betas or not all(math.isfinite(b) and b >= 0 for b in betas):
+        raise _fail(what, "finite numbers >= 0 (the paper uses 2)", betas)
     return betas
 
 

@@ -57,7 +57,7 @@ def check_attacks(names, what: str = "attacks") -> list[str]:
     """Attack names (a list or 'clean,pgd20'): at least one, each known and listed once."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
-    return check_choices(list(names), what, list(EVAL_ATTACKS))
+    return check_choices(list(names), what, list(EVAL_ATTACKS), "attack")
 
 
 @contextlib.contextmanager

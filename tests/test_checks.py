@@ -111,7 +111,7 @@ ROWS = [
     ("eps-inf", _eval("--eps", "inf"), ["--eps", "finite"], True),
     ("epochs-not-a-number", _teacher("--epochs", "two"), ["--epochs", "two"], True),
     # Fair-ARD's options: checked before the first epoch, naming the option
-    ("clamp-reversed", _fair("--clamp", "3,1"), ["--clamp", "LOW <= HIGH"], True),
+    ("clamp-reversed", _fair("--clamp", "3,1"), ["--clamp", "low <= high"], True),
     ("clamp-one-value", _fair("--clamp", "1"), ["--clamp"], True),
     ("clamp-three-values", _fair("--clamp", "1,2,3"), ["--clamp"], True),
     ("clamp-not-finite", _fair("--clamp", "1,inf"), ["--clamp", "finite"], True),
@@ -248,7 +248,7 @@ def test_zero_or_all_means_what_it_says(env, spies, capsys):
     ("attack_steps", 0, ["attack_steps"]),
     ("beta", -2.0, ["beta", ">= 0"]),
     ("beta", math.nan, ["beta", "finite"]),
-    ("clamp", (3, 1), ["clamp", "LOW <= HIGH"]),
+    ("clamp", (3, 1), ["clamp", "low <= high"]),
     ("clamp", (1,), ["clamp"]),
     ("lr", -0.1, ["lr"]),
     ("seed", -1, ["seed"]),
