@@ -120,18 +120,18 @@ def as_list(value, what: str, kind=str) -> list:
     return out
 
 
-def check_choices(values, what: str, valid, noun: str = "value") -> list:
-    """A non-empty list of names from ``valid``, each once; the error lists the valid names."""
+def check_subset(what: str, values, valid, noun: str = "value", *, unique: bool = False) -> list:
+    """``values`` as a non-empty list, every item in ``valid`` (the error lists them); repeated items are
+    dropped, or refused with ``unique`` (an attack listed twice would run twice)."""
     values = as_list(values, what) if values is not None else []
     unknown = [v for v in values if v not in valid]
-    if unknown:
-        raise InputError(f"{what}: unknown {noun}(s) {unknown}; valid: {', '.join(map(str, valid))}")
-    if not values:
-        raise InputError(f"{what}: give at least one of: {', '.join(map(str, valid))}")
+    if unknown or not values:
+        raise InputError(f"{what}: {f'unknown {noun}(s) {unknown}' if unknown else 'empty: give at least one'}; "
+                         f"valid: {', '.join(map(str, valid))}")
     repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
+    if repeated and unique:
         raise InputError(f"{what}: {repeated} listed more than once; give each once")
-    return values
+    return list(dict.fromkeys(values))
 
 
 def check_clamp(clamp, what: str | None = "clamp") -> tuple[float, float] | None:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from . import attacks as A
-from .checks import InputError, check_choices, check_finite_model
+from .checks import InputError, check_finite_model, check_subset
 from .autoattack import autoattack
 from .metrics import summarize
 
@@ -57,7 +57,7 @@ def check_attacks(names, what: str = "attacks") -> list[str]:
     """Attack names (a list or 'clean,pgd20'): at least one, each known and listed once."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
-    return check_choices(list(names), what, list(EVAL_ATTACKS), "attack")
+    return check_subset(what, list(names), list(EVAL_ATTACKS), "attack", unique=True)
 
 
 @contextlib.contextmanager

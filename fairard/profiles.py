@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import torch
 
 from . import data as D
+from .checks import (DEVICES, as_list, check_betas, check_clamp, check_device, check_flag, check_int,  # noqa: F401
+                     check_subset)
 from .evaluate import check_attacks
 from .methods import METHODS
 from .models import list_models
@@ -52,8 +52,8 @@ class Profile:
     name: str
     description: str
     dataset: str = "cifar10"
-    n_per_class: int | None = None           # class-balanced training subset (None: the whole training set)
-    eval_per_class: int | None = None        # test images per class for clean/FGSM/PGD/CW (None: all)
+    n_per_class: int | None = None           # class-balanced training subset (None or 'all': the whole training set)
+    eval_per_class: int | None = None        # test images per class for clean/FGSM/PGD/CW (None or 'all': all)
     aa_per_class: int | None = None          # test images per class for AutoAttack (None: same as eval)
     attacks: tuple = ("clean", "fgsm", "pgd20", "cw20", "aa")
     seeds: tuple = (0, 1, 2)
@@ -138,42 +138,8 @@ _INT_FIELDS = ("n_per_class", "eval_per_class", "aa_per_class", "teacher_epochs"
                "student_epochs", "attack_steps", "batch_size")
 
 
+_ALL_FIELDS = ("n_per_class", "eval_per_class")  # None or 'all': every image of the split
 _TUPLE_FIELDS = {"attacks": str, "seeds": int, "students": str, "ladder": str}
-
-
-DEVICES = ("auto", "cpu", "cuda", "cuda:<n>", "mps")
-
-
-def as_list(value, what: str, kind=str) -> list:
-    """A list parameter from a notebook: a list/tuple, a JSON-list string ('["ard","foo"]', what
-    ``papermill -p`` passes; ``None`` allowed for null), a comma-separated string ('ard,fair-ard') or
-    one scalar; items converted to ``kind`` (str, float, int; ints must be >= 0, e.g. seeds)."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith(("[", "(")):
-            try:
-                value = json.loads("[" + text[1:-1].replace("'", '"').replace("None", "null") + "]")
-            except json.JSONDecodeError:
-                raise ValueError(f"{what}: cannot read {text!r} as a list; write e.g. '[\"a\", \"b\"]' or a,b") from None
-        else:
-            value = [v.strip() for v in text.split(",") if v.strip()]
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    out = []
-    for v in value:
-        try:
-            if kind is str:
-                ok = isinstance(v, str) and v
-            else:
-                ok = not isinstance(v, bool) and kind(v) == float(v) and (kind is not int or int(v) >= 0)
-                v = kind(v)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            hint = "a non-negative integer (seeds are 0, 1, 2, ...)" if kind is int else f"a valid {kind.__name__}"
-            raise ValueError(f"{what}: {v!r} is not {hint}")
-        out.append(v)
-    return out
 
 
 def _as_tuple(value, what: str, kind=str) -> tuple | None:
@@ -195,17 +161,6 @@ def check_models(names, what: str = "model") -> tuple:
     return names
 
 
-def check_device(device: str) -> str:
-    """'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', and only a GPU that is there."""
-    device = str(device)
-    ok = device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())
-    if not ok:
-        raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible; valid here: auto, cpu")
-    return device
-
-
 def get_profile(name: str = "quick", **overrides) -> Profile:
     """The named profile with ``overrides`` applied; unknown names or fields list the valid ones.
 
@@ -224,9 +179,8 @@ def get_profile(name: str = "quick", **overrides) -> Profile:
             if not overrides[key]:
                 raise ValueError(f"{key}: give at least one value")
     for key in _INT_FIELDS:
-        v = overrides.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{key} must be a positive integer or None, got {v!r}")
+        if key in overrides:  # 'all' (every image) is an explicit None for the two counts; 0 is never "all"
+            overrides[key] = check_int(overrides[key], key, 1, all_word=key in _ALL_FIELDS)
     if isinstance(overrides.get("teacher_kwargs"), str):
         overrides["teacher_kwargs"] = json.loads(overrides["teacher_kwargs"])
     profile = dataclasses.replace(PROFILES[name], **overrides)
@@ -245,6 +199,21 @@ def get_profile(name: str = "quick", **overrides) -> Profile:
         raise ValueError(f"teacher_checkpoint {profile.teacher_checkpoint!r} does not exist")
     check_device(profile.device)
     return profile
+
+
+def _check_test_counts(p: Profile) -> None:
+    """eval_per_class / aa_per_class within the test split, before any teacher trains. Skipped when the data is
+    not on disk yet (a download happens later, when the data is needed)."""
+    asked = [(k, getattr(p, k)) for k in ("eval_per_class", "aa_per_class") if getattr(p, k) is not None]
+    if not asked:
+        return
+    try:
+        _, y = D.load_split(p.dataset, "test", download=False)
+    except D.DataNotFoundError:
+        return
+    for key, n in asked:
+        D.check_per_class(y, D.NUM_CLASSES[p.dataset], n, where=f"the {p.dataset} test split under {D.data_root()}",
+                          what=key)
 
 
 def check_methods(methods) -> list[str]:
@@ -296,11 +265,19 @@ def validate(profile: str = "quick", methods=(), attacks=None, *, other_seeds=No
     methods = tuple(check_methods(_as_tuple(methods, "methods") or ()))
     other = _as_tuple(other_seeds, "other_seeds", int)
     other = p.seeds[:1] if other is None else other
+    if headline is None:  # the default pairs, where both versions are among the methods
+        headline = tuple(b for b, f in HEADLINE_PAIRS if b in methods and f in methods)
     headline = _as_tuple(headline, "headline") or ()
     bad = [h for h in headline if h not in METHODS or h.startswith("fair-")]
     if bad:
         raise ValueError(f"unknown headline method(s) {bad}; valid (base methods with a fair- version): "
                          f"{', '.join(sorted(METHODS))}")
+    unpaired = [h for h in headline if h not in methods or f"fair-{h}" not in methods]
+    if unpaired:  # asked for, so never silently left out
+        raise ValueError(f"headline method(s) {unpaired} need both versions among the methods {list(methods)}: "
+                         f"add {[m for h in unpaired for m in (h, f'fair-{h}') if m not in methods]} to methods "
+                         f"or leave them out of headline")
+    _check_test_counts(p)
     ladder_t = check_models(_as_tuple(teacher_ladder, "teacher_ladder") or (), "teacher_ladder model")
     if focus is not None:
         check_attacks([focus])
@@ -314,57 +291,6 @@ def validate(profile: str = "quick", methods=(), attacks=None, *, other_seeds=No
     values = {f.name: getattr(p, f.name) for f in fields(p)}
     return Setup(**values, methods=methods, other_seeds=other, headline=headline, teacher_ladder=ladder_t,
                  focus=focus, progress=progress)
-
-
-def check_subset(name: str, values, valid) -> list:
-    """``values`` as a list, every item in ``valid``; otherwise ValueError listing the valid values."""
-    values = as_list(values, name)
-    bad = [v for v in values if v not in valid]
-    if bad or not values:
-        raise ValueError(f"{name}: {'unknown value(s) ' + repr(bad) if bad else 'empty'}; "
-                         f"valid: {', '.join(map(str, valid))}")
-    return list(dict.fromkeys(values))
-
-
-def check_clamp(clamp, what: str = "clamp") -> tuple[float, float] | None:
-    """None (clamp off) or a (low, high) pair with 0 < low <= high (a JSON string is read first)."""
-    if isinstance(clamp, str):
-        clamp = None if clamp.strip() in ("None", "null", "") else as_list(clamp, what, float)
-    if clamp is None:
-        return None
-    try:
-        lo, hi = (float(c) for c in clamp)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be None or [low, high] (official: [5/6, 5/2]), got {clamp!r}") from None
-    if not 0 < lo <= hi:
-        raise ValueError(f"{what} must satisfy 0 < low <= high, got {clamp!r}")
-    return lo, hi
-
-
-def check_betas(betas, what: str = "betas") -> list[float]:
-    betas = as_list(betas, what, float)
-    if not betas or any(not math.isfinite(b) or b < 0 for b in betas):
-        raise ValueError(f"{what} must be finite numbers >= 0 (the paper uses 2), got {betas}")
-    return betas
-
-
-def check_flag(value, what: str) -> bool:
-    if isinstance(value, str) and value in ("True", "False"):
-        return value == "True"
-    if not isinstance(value, bool):
-        raise ValueError(f"{what} must be True or False, got {value!r}")
-    return value
-
-
-def check_int(value, what: str, low: int | None = None, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-        raise ValueError(f"{what} must be an int{f' >= {low}' if low is not None else ''}"
-                         f"{' or None' if allow_none else ''}, got {value!r}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -148,13 +148,17 @@ ROWS = [
     ("evaluate-nan-weights", _eval(ckpt="nan.pt"), ["nan.pt", "non-finite"], False),
     ("evaluate-duplicate-attacks", _eval("--attacks", "clean,pgd20,pgd20"), ["--attacks", "pgd20", "more than once"],
      True),
-    ("evaluate-no-attacks", _eval("--attacks", ""), ["--attacks", "at least one", "pgd20"], True),
+    ("evaluate-no-attacks", _eval("--attacks", ""), ["--attacks", "empty", "pgd20"], True),
     ("train-data-lacks-a-class", _teacher(data="lacking"), ["class", "[3]", "lacking"], False),
     ("n-per-class-more-than-the-data", _teacher("--n-per-class", "13"), ["--n-per-class", "13", "at most 12"],
      False),
     ("evaluate-n-per-class-more-than-the-data", _eval("--n-per-class", "5"), ["--n-per-class", "at most 4"], False),
     ("demo-eval-per-class-more-than-the-data", _demo("--eval-per-class", "5"), ["--eval-per-class", "at most 4"],
      False),
+    ("study-headline-missing-from-methods", _study("--headline", "rslad"), ["rslad", "fair-rslad", "methods"], True),
+    ("study-eval-per-class-more-than-the-data", _study("--overrides", '{"eval_per_class": 5}'),
+     ["eval_per_class", "at most 4"], False),
+    ("study-n-per-class-0", _study("--overrides", '{"n_per_class": 0}'), ["n_per_class", "all"], True),
     ("val-per-class-leaves-no-training-images", _teacher("--n-per-class", "3", "--val-per-class", "3"),
      ["--val-per-class", "at most 2"], False),
 ]
@@ -261,6 +265,19 @@ def test_train_config_refuses_values_outside_their_domain(field, value, words):
         TrainConfig(method="fair-ard", student="resnet8", **{field: value})
     for word in words:
         assert word in str(err.value)
+
+
+def test_profile_counts_take_all_and_never_0():
+    from fairard import profiles
+
+    assert profiles.get_profile("quick", n_per_class="all", eval_per_class="all").n_per_class is None
+    assert profiles.get_profile("quick", eval_per_class="all").eval_per_class is None
+    assert profiles.get_profile("quick", n_per_class="7").n_per_class == 7
+    for field in ("n_per_class", "eval_per_class", "aa_per_class", "student_epochs", "batch_size", "attack_steps"):
+        with pytest.raises(ValueError, match=f"{field} must be a positive integer"):
+            profiles.get_profile("quick", **{field: 0})
+    with pytest.raises(ValueError, match="aa_per_class must be a positive integer"):
+        profiles.get_profile("quick", aa_per_class="all")  # None there means "as eval_per_class", not all
 
 
 def test_train_config_reads_all_as_the_whole_training_set():

@@ -43,10 +43,13 @@ def test_get_profile_overrides_and_unknown_field():
 
 
 def test_validate_reads_papermill_strings_and_lists_valid_values():
-    s = profiles.validate("smoke", methods='["ard","fair-ard","iad"]', seeds="[0, 1, 2]", headline=["ard", "rslad"])
+    s = profiles.validate("smoke", methods='["ard","fair-ard","iad"]', seeds="[0, 1, 2]", headline=["ard"])
     assert isinstance(s, profiles.Profile) and s.methods == ("ard", "fair-ard", "iad")
     assert s.seeds == (0, 1, 2) and s.other_seeds == (0,)            # other methods: first seed only
-    assert s.headline_pairs == (("ard", "fair-ard"),)                 # rslad's pair was not asked for
+    assert s.headline_pairs == (("ard", "fair-ard"),)
+    with pytest.raises(ValueError, match=r"headline method\(s\) \['rslad'\] need both.*add \['rslad', 'fair-rslad'\]"):
+        profiles.validate("smoke", methods="ard,fair-ard,iad", headline=["ard", "rslad"])  # never silently dropped
+    assert profiles.validate("smoke", methods="ard,fair-ard", headline=None).headline == ("ard",)  # the default pairs
     assert profiles.validate("smoke", seeds=3, other_seeds="1,2").other_seeds == (1, 2)
     assert profiles.validate("smoke", overrides='{"student_epochs": 4}').student_epochs == 4
     for bad, message in [(dict(methods='["ard","foo"]'), r"unknown method\(s\) \['foo'\]; valid: .*fair-ard"),

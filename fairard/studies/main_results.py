@@ -5,10 +5,12 @@ from ..profiles import MAIN_METHODS, Setup, validate as validate_setup
 from ..runs import Study, run_plan
 
 
-def validate(profile: str = "quick", methods=MAIN_METHODS, headline=("ard", "rslad"), seeds=None, other_seeds=None,
+def validate(profile: str = "quick", methods=MAIN_METHODS, headline=None, seeds=None, other_seeds=None,
              attacks=None, students=None, dataset: str = "cifar10", device: str = "auto", results_dir=None,
              overrides=None, progress: bool = True) -> Setup:
-    """Every parameter of main_results.ipynb in one call (``fairard.profiles.validate``)."""
+    """Every parameter of main_results.ipynb in one call (``fairard.profiles.validate``). ``headline`` None:
+    ard and rslad, each where both versions are among the methods; a headline method given explicitly must
+    have both versions among the methods."""
     return validate_setup(profile, dataset=dataset, methods=methods, attacks=attacks, seeds=seeds,
                           other_seeds=other_seeds, headline=headline, students=students, device=device,
                           results_dir=results_dir, overrides=overrides, progress=progress)
