@@ -74,7 +74,9 @@ def test_results_dir_is_absolute(monkeypatch, tmp_path):
 # ---- config hash ---------------------------------------------------------------------------------------
 def _changed(name, value):
     alternatives = {"lr_schedule": "official_single_decay", "amp": "off", "difficulty": "robust_acc",
-                    "pad_mode": "reflect", "method": "fair-ard"}
+                    "pad_mode": "reflect", "method": "fair-ard",
+                    # fields TrainConfig checks: another valid value
+                    "dataset": "cifar100", "device": "cpu", "clamp": (0.5, 3.0)}
     if name in alternatives:
         return alternatives[name]
     if value is None:
