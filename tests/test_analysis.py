@@ -248,6 +248,23 @@ def test_validate_raises_student_epochs_and_exposes_values():
         c.gamma
     k = kdiga.validate("smoke", methods=["kd", "kdiga"])
     assert k.setup.methods == ("kdiga",)  # KD and KDIGA share the registered method
+    assert kdiga.validate("smoke", gamma=0.5).gamma == [0.5]
+    assert kdiga.validate("smoke", gamma="[0.00035, 0.5]").gamma == [0.00035, 0.5]   # papermill's string
+    for bad in (-1, True, "[0.5, -0.1]"):
+        with pytest.raises(ValueError, match="gamma"):
+            kdiga.validate("smoke", gamma=bad)
+
+
+def test_kdiga_gamma_sweep_makes_one_arm_per_value(monkeypatch):
+    monkeypatch.setattr(kdiga, "student_config", lambda p, method, **kw: (method, kw["method_options"], kw["seed"]))
+    p = profiles.get_profile("smoke", seeds=[0, 1])
+    arms = kdiga.kdiga_arms(p, ["kd", "kdiga", "kdiga_ard"], [0.00035, 0.5])
+    labels = sorted({a["label"] for a in arms})
+    assert labels == ["KD", "KDIGA (γ=0.00035)", "KDIGA (γ=0.5)", "KDIGA-ARD (γ=0.00035)", "KDIGA-ARD (γ=0.5)"]
+    assert len(arms) == 5 * 2                                            # every arm on both seeds
+    assert {a["cfg"][1]["gamma"] for a in arms if a["label"].startswith("KDIGA (")} == {0.00035, 0.5}
+    assert [a["cfg"][1] for a in arms if a["label"] == "KD"] == [{"gamma": 0.0}] * 2
+    assert {a["label"] for a in kdiga.kdiga_arms(p, ["kdiga"], [0.5])} == {"KDIGA"}   # one value: the plain label
 
 
 # ------------------------------------------------------------------------------------ ablation plan
