@@ -395,3 +395,40 @@ def test_per_class_accuracy_matches_eval_py(cpu_only, monkeypatch, eval_problem,
     clean = E.evaluate(model, x, y, attacks=["clean"], class_names=[str(k) for k in range(10)], progress=False,
                        check_large_eps=0)["attacks"]["clean"]["per_class"]
     assert sum(clean) > 5 and (name == "clean" or sum(ours) < sum(clean))  # something to compare
+
+
+def test_fair_mtard_balance_uses_class_weighted_losses_in_the_script(setup, cpu_only):
+    """Audit row 8, no switch: Fair-MTARD.py normalises the *class-weighted* batch losses in its lambda update,
+    fairard the unweighted ones. Equal in the first epoch (weights 1); in the second each side follows its own
+    rule, computed here by hand from the same forwards."""
+    normal = lambda x: 0.001 * torch.randn(x.shape)  # noqa: E731
+    _, weights, ns = _official_loop("Fair-MTARD.py", setup, 2, nat_teacher=True)
+    trainer = fairard_run(setup, "fair-mtard", 2, normal, epochs=2,
+                          method_options={"mtard_clean_target": "robust_teacher_adv"})
+    seen, original = [], trainer.method.per_sample_loss
+
+    def spy(f):
+        out = original(f)
+        with torch.no_grad():
+            kls = []
+            for s_ in (f.s_adv, f.s_clean):
+                p = torch.softmax(f.t_adv, 1)
+                kls.append(((p * (torch.log(p + 1e-5) - torch.log_softmax(s_, 1))).sum(1) / 10))
+        seen.append((f.y.clone(), trainer.weighting.weights.clone(), kls, float(trainer.method.lambda_nat)))
+        return out
+
+    trainer.method.per_sample_loss = spy
+    trainer.fit(resume=False)
+    (y0, w0, kl0, lam1), (y1, w1, kl1, lam2) = seen
+    assert torch.equal(w0, torch.ones(10)) and not torch.equal(w1, torch.ones(10))
+    init = torch.stack([k.mean() for k in kl0])
+
+    def rule(means):
+        rel = means / init
+        return lam1 - 0.025 * (lam1 - float(rel[1] / rel.sum()))
+
+    unweighted = rule(torch.stack([k.mean() for k in kl1]))
+    weighted = rule(torch.stack([(w1[y1] * k).mean() for k in kl1]))
+    assert lam2 == pytest.approx(unweighted, rel=1e-5)
+    assert ns["weight"]["nat_loss"] == pytest.approx(weighted, rel=1e-4)
+    assert abs(weighted - unweighted) > 1e-4
