@@ -8,6 +8,8 @@ builds, just before it would run. Each docstring names the change that makes the
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -135,7 +137,8 @@ def test_autoattack_runs_fra31_standard_with_its_iterations(name, monkeypatch):
     AutoAttackSpy.real, AutoAttackSpy.seen = pyautoattack.AutoAttack, []
     monkeypatch.setattr(pyautoattack, "AutoAttack", AutoAttackSpy)
     model, x, y = linear_problem()
-    E.predict_under_attack(model, x, y, name, eps=EPS, progress=None)
+    quiet = SimpleNamespace(disable=True)  # no AutoAttack log handler from this test (it would keep its stderr)
+    E.predict_under_attack(model, x, y, name, eps=EPS, progress=quiet)
     (seen,) = AutoAttackSpy.seen
     n = AUTOATTACK[name]
     assert seen == {"version": "standard", "norm": "Linf", "eps": EPS, "attacks": None, "apgd_iter": n,
