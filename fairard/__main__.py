@@ -1,4 +1,4 @@
-"""Command line: ``python -m fairard {evaluate,train,train-teacher,demo,study} ...``.
+"""Command line: ``python -m fairard {evaluate,train,train-teacher,demo,export,plan,run,worker,study} ...``.
 
 Every option is checked before any data is loaded or any model is built (``fairard.checks``): a bad value
 ends in one line naming the option, the value and what is valid, with exit code 2. An error that is not the
@@ -7,7 +7,10 @@ user's (a bug) still shows its traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import linecache
+import os
 import sys
 from pathlib import Path
 
@@ -143,35 +146,153 @@ def cmd_demo(args) -> int:
     return 0
 
 
-STUDIES = ("main_results", "inheritance", "capacity_gap")
+# ---- studies: plan, run, worker ----------------------------------------------------------------------------
+def _value(text: str):
+    """A study option from the command line: JSON when it reads as JSON (numbers, lists, null, true/false),
+    else the string (the study's ``validate`` parses lists such as ard,fair-ard itself)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
-def cmd_study(args) -> int:
-    """A notebook's study without Jupyter (e.g. on a GPU server): the same ``validate`` + study call,
-    results cached under ``$FAIRARD_RESULTS``, summary tables printed."""
-    import importlib
+def _study_parser(name: str) -> argparse.ArgumentParser:
+    """Options of study ``name``: the keyword parameters of its ``validate`` (what its notebook takes)."""
+    from .studies import study_module
 
+    module = study_module(name)
+    p = argparse.ArgumentParser(prog=f"python -m fairard {{plan,run}} {name}", add_help=False, allow_abbrev=False)
+    for param in inspect.signature(module.validate).parameters.values():
+        if param.name in ("progress", "results_dir"):
+            continue
+        default = param.default if not isinstance(param.default, tuple) else ",".join(map(str, param.default))
+        p.add_argument("--" + param.name.replace("_", "-"), dest=param.name, type=_value, default=None,
+                       help=f"default: {default}")
+    return p
+
+
+def _study_setup(args):
+    """(module, validated parameters) of ``args.study`` with its options; an unknown option lists the valid ones."""
+    from .store import results_dir
+    from .studies import study_module
+
+    if args.help or args.study is None:
+        args.subparser.print_help()
+        if args.study is None:
+            raise SystemExit(0 if args.help else 2)
+    module = study_module(args.study)
+    parser = _study_parser(args.study)
+    if args.help:
+        print(f"\noptions of {args.study}:")
+        parser.print_help()
+        raise SystemExit(0)
+    known, unknown = parser.parse_known_args(args.options)
+    if unknown:
+        valid = sorted(a.option_strings[0] for a in parser._actions)
+        raise ValueError(f"unknown option(s) {unknown} for study {args.study}; valid: {', '.join(valid)}")
+    store = getattr(args, "store", None)
+    if store:
+        checks.check_output_dir(store, "--store")
+    params = module.validate(**{k: v for k, v in vars(known).items() if v is not None},
+                             results_dir=store, progress=not getattr(args, "quiet", True))
+    checks.check_output_dir(results_dir(), "the results store ($FAIRARD_RESULTS or data/results)")
+    return module, params
+
+
+def _run_status(run) -> dict:
+    from .store import claim_holder
+
+    try:
+        key, folder = run.key(), run.folder()
+    except FileNotFoundError:  # a teacher it reads is not trained yet
+        key = folder = None
+    holder = claim_holder(folder) if folder is not None else None
+    failure = run.failure() if folder is not None else None
+    status = ("cached" if run.done() else "claimed" if holder and not holder["stale"]
+              else "failed" if failure else "pending")
+    entry = {"id": run.id, "kind": run.kind, "name": run.name, "status": status, "key": key,
+             "needs": [n.id for n in run.needs]}
+    if status == "claimed":
+        entry["claimed_by"] = {k: holder.get(k) for k in ("host", "pid")} | {"heartbeat_age_s": round(holder["age"], 1)}
+    if failure:
+        entry["error"] = failure["error"]
+    return entry
+
+
+def cmd_plan(args) -> int:
+    """Every run of a study (needs included) and its state in the store: cached, pending, claimed or failed."""
+    from .executors import with_needs
+    from .store import results_dir
+
+    module, params = _study_setup(args)
+    runs = [_run_status(r) for r in with_needs(module.plan(params))]
+    counts = {s: sum(r["status"] == s for r in runs) for s in ("cached", "pending", "claimed", "failed")}
+    if args.json:
+        print(json.dumps({"study": args.study, "store": str(results_dir()), "counts": counts, "runs": runs}, indent=1))
+        return 0
+    for r in runs:
+        extra = (f" by {r['claimed_by']['host']} pid {r['claimed_by']['pid']}" if r["status"] == "claimed"
+                 else f": {r['error']}" if r["status"] == "failed" else "")
+        print(f"{r['status']:>8}  {r['kind']:<12} {r['name']:<40} {r['key'] or '(after its teacher)'}{extra}")
+    print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; store {results_dir()}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    """A notebook's study without Jupyter: its pending runs computed by an executor, then its summary."""
     from . import tables
     from .store import results_dir
 
-    if args.results:
-        checks.check_output_dir(args.results, "--results")
-    module = importlib.import_module(f".studies.{args.name}", __package__)
-    fields = dict(methods=args.methods, attacks=args.attacks, seeds=args.seeds, results_dir=args.results,
-                  overrides=args.overrides, progress=not args.quiet)
-    if args.name == "main_results":
-        fields.update(other_seeds=args.other_seeds, headline=args.headline)
-    setup = module.validate(args.profile, **{k: v for k, v in fields.items() if v is not None})
-    checks.check_output_dir(results_dir(), "the results folder ($FAIRARD_RESULTS or data/results)")
-    print(setup.describe(), flush=True)
-    study = module.study(setup)
+    if args.claim_timeout is not None:
+        os.environ["FAIRARD_CLAIM_TIMEOUT"] = str(args.claim_timeout)
+    module, params = _study_setup(args)
+    print(params.describe(), flush=True)
+    slurm = {k: v for k, v in dict(tasks=args.tasks, partition=args.partition, time_min=args.time,
+                                   gpus_per_task=args.gpus_per_task, jobs_per_gpu=args.jobs_per_gpu,
+                                   cluster=args.cluster).items() if v is not None}
+    study = module.study(params, executor=args.executor, jobs=args.jobs, gpus=args.gpus,
+                         jobs_per_gpu=args.jobs_per_gpu, slurm=slurm)
+    setup = getattr(params, "setup", params)
+    results = study.results if hasattr(study, "results") else study["results"]
     attacks = list(setup.attacks)
-    print("\n" + tables.markdown_table(tables.summarize_runs(study.results, attacks), attacks))
-    if setup.headline_pairs:
-        print("\n" + tables.headline_markdown(tables.headline(study.results, setup.headline_pairs), setup))
-    print(f"\n{len(study.results)} runs, {len(study.computed)} cache entries written, {study.seconds:.0f} s; "
-          f"results under {results_dir()}")
+    print("\n" + tables.markdown_table(tables.summarize_runs(results, attacks), attacks))
+    if getattr(setup, "headline_pairs", ()) and hasattr(study, "computed"):
+        print("\n" + tables.headline_markdown(tables.headline(results, setup.headline_pairs), setup))
+    written = f", {len(study.computed)} cache entries written, {study.seconds:.0f} s" if hasattr(study, "computed") else ""
+    print(f"\n{len(results)} runs{written}; results under {results_dir()}")
     return 0
+
+
+def cmd_worker(args) -> int:
+    """Claim and compute queued runs of the store until none is left (any machine that sees the store)."""
+    from .executors import work
+
+    if args.claim_timeout is not None:
+        os.environ["FAIRARD_CLAIM_TIMEOUT"] = str(args.claim_timeout)
+    if args.threads:
+        torch_threads(args.threads)
+    failed = work(args.store, device=args.device, progress=args.progress, quiet=args.quiet)
+    return 1 if failed else 0
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _add_study(sub, name: str, fn, help: str):
+    from .studies import STUDIES
+
+    p = sub.add_parser(name, help=help, add_help=False, allow_abbrev=False,
+                       description=help + ". Then the study's own options: its notebook's parameters (e.g. "
+                       "--profile smoke --seeds 0,1 --methods ard,fair-ard); `--help` after STUDY lists them.")
+    p.add_argument("study", metavar="STUDY", nargs="?", help=f"one of {', '.join(STUDIES)}")
+    p.add_argument("-h", "--help", action="store_true", help="this help, and STUDY's options")
+    p.add_argument("--store", "--results", dest="store", default=None,
+                   help="the results store (default: $FAIRARD_RESULTS, else data/results)")
+    p.set_defaults(fn=fn, subparser=p)
+    return p
 
 
 def _add_common(p, *, train: bool):
@@ -269,18 +390,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/results/demo.json")
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("study", help="run a notebook's study headless (main_results, inheritance, capacity_gap)")
-    p.add_argument("name", choices=STUDIES)
-    p.add_argument("--profile", default="quick")
-    p.add_argument("--methods", default=None, help="comma-separated, e.g. ard,fair-ard")
-    p.add_argument("--headline", default=None, help="base methods compared with their fair- version, e.g. ard,rslad")
-    p.add_argument("--attacks", default=None)
-    p.add_argument("--seeds", default=None)
-    p.add_argument("--other-seeds", default=None)
-    p.add_argument("--overrides", default=None, help='profile fields as JSON, e.g. \'{"student_epochs": 10}\'')
-    p.add_argument("--results", default=None, help="results folder (default: $FAIRARD_RESULTS or data/results)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(fn=cmd_study)
+    for name, fn, text in (("plan", cmd_plan, "list a study's runs: cached, pending, claimed, failed"),
+                           ("run", cmd_run, "compute a study's pending runs (local workers or SLURM) and print its summary"),
+                           ("study", cmd_run, "the same as run (kept for old scripts)")):
+        p = _add_study(sub, name, fn, text)
+        if name == "plan":
+            p.add_argument("--json", action="store_true", help="machine-readable: every run with id, key, status")
+            continue
+        p.add_argument("--executor", default="local", choices=["local", "slurm"])
+        p.add_argument("--jobs", type=int, default=None, help="local CPU workers (the cores split between them)")
+        p.add_argument("--gpus", default=None, help="local GPU workers on these GPUs, e.g. 0,1 (default: all visible)")
+        p.add_argument("--jobs-per-gpu", type=int, default=1, help="runs sharing one GPU (local and slurm)")
+        p.add_argument("--tasks", type=int, default=None, help="slurm: tasks of the array job (default 1)")
+        p.add_argument("--partition", default=None, help="slurm: partition")
+        p.add_argument("--time", type=int, default=None, help="slurm: minutes per task (default 1440)")
+        p.add_argument("--gpus-per-task", type=int, default=None, help="slurm: GPUs per task (default 1)")
+        p.add_argument("--cluster", default=None, choices=["slurm", "local", "debug"],
+                       help="submitit's cluster type (default: slurm when sbatch exists; local: this machine)")
+        p.add_argument("--claim-timeout", type=float, default=None,
+                       help="seconds without heartbeat before another worker takes a run over (default 120)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("worker", help="claim and compute queued runs of a store until none is left")
+    p.add_argument("--store", default=None, help="the results store (default: $FAIRARD_RESULTS, else data/results)")
+    p.add_argument("--device", default=None, help="device for every run (default: each run's own)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--claim-timeout", type=float, default=None)
+    p.add_argument("--progress", action="store_true", help="tqdm bars")
+    p.add_argument("--quiet", action="store_true", help="no line per run and per epoch")
+    p.set_defaults(fn=cmd_worker)
     return parser
 
 
@@ -303,7 +441,11 @@ def _raised_on_purpose(err: BaseException) -> bool:
 def main(argv=None) -> int:
     from .train import TrainingDiverged
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # plan/run/study: the rest are the study's options
+    if extra and "study" not in vars(args):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.options = extra
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError, TrainingDiverged) as err:

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "CLASS_NAMES", "NUM_CLASSES", "IMAGE_SIZE", "AUGMENTATION", "DataNotFoundError", "data_root", "load_split",
+    "source_files",
     "balanced_subset", "check_per_class", "split_validation", "DeviceLoader",
 ]
 
@@ -183,6 +184,27 @@ def _read_native(dataset: str, split: str, root: Path, looked: list):
             if folder.is_dir():
                 return (*_read_tiny_imagenet(folder, split), dataset, str(folder))
     return None
+
+
+def source_files(dataset: str = "cifar10", split: str = "train", root=None) -> list[Path]:
+    """The files ``load_split`` reads for a split (its first source that exists, in its order: the dataset's
+    own layout, then the npz); empty when there is none yet (it would download).  The result store
+    fingerprints them: a run is keyed by the data it actually read."""
+    _check_names(dataset, split)
+    root = data_root(root)
+    if dataset in _TV_FORMAT:
+        folder_name, files, _ = _TV_FORMAT[dataset]
+        for folder in (root / folder_name, root / dataset / folder_name):
+            if folder.is_dir():
+                return [folder / name for name in files[split]]
+    elif dataset == "svhn" and (root / "svhn" / f"{split}_32x32.mat").is_file():
+        return [root / "svhn" / f"{split}_32x32.mat"]
+    elif dataset == "tiny-imagenet":
+        for folder in (root / "tiny-imagenet-200", root / "tiny-imagenet" / "tiny-imagenet-200"):
+            if folder.is_dir():
+                return sorted(f for f in folder.rglob("*") if f.is_file())
+    npz = root / dataset / f"{split}.npz"
+    return [npz] if npz.is_file() else []
 
 
 def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,10 @@ from .checks import InputError, check_finite_model, check_subset
 from .autoattack import autoattack
 from .metrics import summarize
 
+# Part of every cached evaluation's key (fairard.store). Raise it whenever a change to the attacks, AutoAttack's
+# adapter or this module changes an evaluation's numbers, so that cached evaluations are recomputed, not reused.
+EVALUATION_VERSION = 1
+
 
 @dataclass(frozen=True)
 class EvalAttack:

@@ -1,32 +1,44 @@
-"""Running: run configs of a profile, ``run`` (train or resume or reuse, then evaluate per class), the
-teacher's evaluation, and the ``Study`` a notebook's study call returns.
+"""Runs: what a study computes, as data, and how one process computes it.
 
-``student_config`` / ``teacher_config`` build a ``TrainConfig`` from a profile; ``run`` trains (or
-resumes, or loads) it, evaluates it per class under the profile's attacks and writes one JSON result
-in the store (``fairard.store``): re-running a notebook reuses finished runs and resumes unfinished
-ones.  ``run_plan`` runs a study's (profile, method, student, seed) list after its teacher(s);
-``run_labelled`` runs labelled arms (ablations, KDIGA, AA variants); ``load_recorded`` reads a
-results folder computed elsewhere back as a ``Study``.
+A ``Run`` is one unit of work: a teacher to train, a teacher to evaluate, or a student to train and
+evaluate per class; ``needs`` holds the runs it reads (its teachers).  ``student_config`` /
+``teacher_config`` build a ``TrainConfig`` from a profile; ``student_run`` / ``teacher_run`` /
+``teacher_eval_run`` wrap them as runs.  Where a run's files live and what its key is are the store's
+business (``fairard.store``): ``Run.output()`` is its finished file, ``Run.load()`` reads it back.
+
+``execute(run)`` computes a run in this process, its dependencies first: each finished one is read
+from the store, each pending one claimed (``fairard.store.Claim``), computed and released, and one that
+another worker holds is waited for.  ``run(cfg)`` is ``execute`` for one student config.  Pools of
+workers and SLURM are in ``fairard.executors``; each study (``fairard.studies``) turns its parameters
+into a list of runs (``plan``) and reads them back (``collect``) as a ``Study``.
 """
 from __future__ import annotations
 
 import functools
 import json
+import sys
+import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
 from . import data as D
-from .evaluate import EVAL_ATTACKS, check_attacks, evaluate, large_eps_accuracy, sanity_report
+from .evaluate import EVAL_ATTACKS, EVALUATION_VERSION, check_attacks, evaluate, large_eps_accuracy, sanity_report
 from .methods import METHODS, parse_method_name
 from .models import build_model, load_checkpoint
-from .profiles import BASE_METHODS, PROFILES, Profile, Setup, check_methods, dataset_label, dataset_note, get_profile
-from .store import (REPO, cache_snapshot, content_hash, load_result, portable_path, result_file, results_dir,
-                    run_dir, run_key, train_key)
+from .profiles import BASE_METHODS, PROFILES, Profile, Setup, check_methods, dataset_label, dataset_note
+from .store import (CHECKPOINTS_READ, REPO, Claim, claim_holder, clean_temp_files, content_hash, data_fingerprint,
+                    file_sha256, load_result, portable_path, read_json, read_log, result_file, results_dir, run_dir,
+                    run_key, train_key)
 from .train import TrainConfig, train
-from .utils import provenance, resolve_device, write_json
+from .utils import provenance, quarantine, resolve_device, write_json
+
+POLL_S = 2.0  # how often a process waiting for another worker's run looks again
+# A run that the trainer refuses by design (a difficulty measure the method does not record) is skipped by the
+# labelled studies with its reason, not treated as a crash.
+REFUSALS = ("ClassStats has no",)
 
 
 _EPOCH_OPTIONS = {"iad": ("begin",), "cfa": ("begin",), "frl-rw": ("rate1_halving",), "frl-rmrw": ("rate1_halving",)}
@@ -66,19 +78,16 @@ def teacher_config(p: Profile, *, role: str = "teacher", seed: int = 0, arch: st
     return TrainConfig(**kwargs)
 
 
-def teacher_checkpoint(p: Profile, *, role: str = "teacher", progress: bool = True, arch: str | None = None) -> str:
-    """Path of the teacher's weights: the profile's checkpoint, or a cached trained one."""
+def teacher_checkpoint(p: Profile, *, role: str = "teacher", arch: str | None = None) -> str:
+    """Path of the teacher's weights: the profile's checkpoint, or where its trained teacher is stored
+    (trained by ``teacher_run``; nothing is trained here).  Role 'init': FRL's start for architecture ``arch``."""
     if role == "teacher" and p.teacher_checkpoint:
-        return p.teacher_checkpoint
+        return str(Path(p.teacher_checkpoint).expanduser().absolute())
     cfg = teacher_config(p, role=role, arch=arch)
-    out = results_dir() / "teachers" / f"{cfg.method}-{cfg.student}-{cfg.key()}"
-    if not (out / "final.pt").exists():
-        train(cfg, out, progress=progress)
-    return str(out / "final.pt")
+    return str(results_dir() / "teachers" / f"{cfg.method}-{cfg.student}-{train_key(cfg)}" / "final.pt")
 
 
-def student_config(p: Profile, method: str, *, student: str | None = None, seed: int = 0, progress: bool = True,
-                   **overrides) -> TrainConfig:
+def student_config(p: Profile, method: str, *, student: str | None = None, seed: int = 0, **overrides) -> TrainConfig:
     """A distillation run of profile ``p``: its teacher(s), subset, shortened schedule; ``overrides``
     are TrainConfig fields (beta, difficulty, clamp, lr_schedule, method_options, ...)."""
     check_methods([method])
@@ -90,15 +99,13 @@ def student_config(p: Profile, method: str, *, student: str | None = None, seed:
                   batch_size=p.batch_size, seed=seed, device=p.device, monitor_n=0,
                   method_options=options)
     if cls.needs_teacher:
-        kwargs.update(teacher=p.teacher, teacher_checkpoint=teacher_checkpoint(p, progress=progress),
-                      teacher_kwargs=dict(p.teacher_kwargs))
+        kwargs.update(teacher=p.teacher, teacher_checkpoint=teacher_checkpoint(p), teacher_kwargs=dict(p.teacher_kwargs))
     if getattr(cls, "needs_nat_teacher", False) or base == "mtard":
-        kwargs.update(nat_teacher=p.nat_teacher,
-                      nat_teacher_checkpoint=teacher_checkpoint(p, role="nat_teacher", progress=progress))
+        kwargs.update(nat_teacher=p.nat_teacher, nat_teacher_checkpoint=teacher_checkpoint(p, role="nat_teacher"))
     if base == "cfa":
         kwargs["val_per_class"] = max(1, (p.n_per_class or 5000) // 50)  # FAWA's validation split (2 %)
     if cls.needs_init_checkpoint:  # FRL: fine-tune the cached PGD-AT run of the same architecture
-        kwargs["init_checkpoint"] = teacher_checkpoint(p, role="init", arch=kwargs["student"], progress=progress)
+        kwargs["init_checkpoint"] = teacher_checkpoint(p, role="init", arch=kwargs["student"])
     if cls.needs_validation:  # FRL's script holds out 300 of 5,000 images per class (6 %)
         kwargs["val_per_class"] = max(1, (p.n_per_class or 5000) * 3 // 50)
     quirks = dict(p.method_overrides.get(method, {}))
@@ -111,8 +118,10 @@ def student_config(p: Profile, method: str, *, student: str | None = None, seed:
 
 
 def eval_settings(p: Profile, attacks=None) -> dict:
+    """What an evaluation's numbers depend on besides the model: attacks, images per class, eps, seed and
+    the evaluation code's version (``fairard.evaluate.EVALUATION_VERSION``)."""
     return {"attacks": list(check_attacks(attacks or p.attacks)), "eval_per_class": p.eval_per_class,
-            "aa_per_class": p.aa_per_class, "eps": 8 / 255, "seed": 0}
+            "aa_per_class": p.aa_per_class, "eps": 8 / 255, "seed": 0, "version": EVALUATION_VERSION}
 
 
 def _attack_images(settings: dict, attack: str):
@@ -133,11 +142,13 @@ def evaluate_model(model, dataset: str, settings: dict, device, progress: bool =
     names = D.CLASS_NAMES[dataset]
     attacks = list(settings["attacks"])
     n_eval = settings["eval_per_class"]
-    files = {a: (cache / "evals" / f"{a}-{content_hash({'attack': a, 'per_class': _attack_images(settings, a), 'eps': settings['eps'], 'seed': settings['seed']})}.json"
+    files = {a: (cache / "evals" / f"{a}-{content_hash({'attack': a, 'per_class': _attack_images(settings, a), 'eps': settings['eps'], 'seed': settings['seed'], 'version': EVALUATION_VERSION})}.json"
                  if cache is not None else None) for a in attacks}
-    eps1_file = cache / "evals" / f"eps1-{content_hash({'per_class': n_eval, 'seed': settings['seed']})}.json" if cache else None
-    done = {a: load_result(f) for a, f in files.items() if f is not None and f.exists()}
-    eps1 = load_result(eps1_file) if eps1_file is not None and eps1_file.exists() else None
+    eps1_file = (cache / "evals" / f"eps1-{content_hash({'per_class': n_eval, 'seed': settings['seed'], 'version': EVALUATION_VERSION})}.json"
+                 if cache else None)
+    done = {a: read_json(f, ("summary", "n", "seconds")) for a, f in files.items() if f is not None}
+    done = {a: d for a, d in done.items() if d is not None}
+    eps1 = read_json(eps1_file, ("eps1_pgd_accuracy",)) if eps1_file is not None else None
     missing = [a for a in attacks if a not in done]
     if missing or eps1 is None:
         model = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
@@ -172,38 +183,277 @@ def evaluate_model(model, dataset: str, settings: dict, device, progress: bool =
             "sanity": {"warnings": warnings, "eps1_pgd_accuracy": eps1["eps1_pgd_accuracy"]}}
 
 
-def run(cfg: TrainConfig, *, attacks=None, profile: Profile | None = None, progress: bool = True) -> dict:
-    """Train (or resume, or reuse) ``cfg`` and evaluate it per class; returns the result dict.
+# ---- runs as data ------------------------------------------------------------------------------------------
+def as_profile(p: Profile) -> Profile:
+    """The plain Profile of a Setup (what a run needs of it: sizes, attacks, teacher)."""
+    return p if type(p) is Profile else Profile(**{f.name: getattr(p, f.name) for f in fields(Profile)})
 
-    Training is cached by ``train_key`` (``run_dir``), each attack's evaluation inside it, and the
-    assembled result per evaluation settings (``result_file``).  The result carries ``from_cache``
-    (not stored): True when nothing was trained or evaluated."""
-    p = profile or get_profile("quick")
-    settings = eval_settings(p, attacks)
-    out, target = run_dir(cfg), result_file(cfg, settings)
-    cached = load_result(target)
-    if cached is not None:
-        return {**cached, "from_cache": True}
+
+@functools.lru_cache(maxsize=64)
+def _readable(path: str, size: int, mtime_ns: int) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except Exception as err:  # truncated/empty/garbage: torch raises RuntimeError, EOFError, pickle errors
+        quarantine(path, f"{type(err).__name__}: {err}")
+        return False
+
+
+def readable_checkpoint(path) -> bool:
+    """Whether a checkpoint loads (checked once per path, size and mtime); an unreadable one is moved aside."""
+    st = Path(path).stat()
+    return _readable(str(path), st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """One unit of work of a study.  ``kind``: "teacher" (train ``config``), "teacher_eval" (evaluate the
+    profile's teacher) or "student" (train ``config``, evaluate it); ``attacks``: the evaluation's (empty:
+    the profile's); ``needs``: the runs whose checkpoints it reads."""
+    kind: str
+    profile: Profile
+    config: TrainConfig | None = None
+    attacks: tuple = ()
+    needs: tuple = ()
+
+    @property
+    def name(self) -> str:
+        if self.kind == "teacher":
+            return f"teacher {self.config.method} {self.config.student}"
+        if self.kind == "teacher_eval":
+            return f"teacher evaluation {self.profile.teacher}"
+        return f"{self.config.method} {self.config.student} seed {self.config.seed}"
+
+    @property
+    def settings(self) -> dict:
+        return eval_settings(self.profile, self.attacks or None)
+
+    @functools.cached_property
+    def id(self) -> str:
+        """A name for the run that is known before its teachers exist (the queue's file name); ``key()`` is
+        its content key, known once they do."""
+        ident = {"kind": self.kind, "data": data_fingerprint(self.profile.dataset)}
+        if self.config is not None:
+            ident["config"] = self.config.key()
+        if self.kind != "teacher":
+            ident["eval"] = self.settings
+        if self.kind == "teacher_eval":
+            ident["teacher"] = [portable_path(teacher_checkpoint(self.profile)), self.profile.teacher,
+                                self.profile.teacher_kwargs]
+        return content_hash(ident)
+
+    def _teacher_key(self) -> str:
+        p = self.profile
+        return content_hash({"ckpt": file_sha256(teacher_checkpoint(p)), "arch": p.teacher, "kw": p.teacher_kwargs,
+                             "data": data_fingerprint(p.dataset)})
+
+    def key(self) -> str:
+        """The content key (``fairard.store``); FileNotFoundError while a checkpoint it reads does not exist."""
+        if self.kind == "teacher":
+            return train_key(self.config)
+        if self.kind == "student":
+            return run_key(self.config, self.settings)
+        return content_hash({"teacher": self._teacher_key(), "eval": self.settings})
+
+    def folder(self) -> Path:
+        if self.kind == "teacher":
+            return results_dir() / "teachers" / f"{self.config.method}-{self.config.student}-{self.key()}"
+        if self.kind == "student":
+            return run_dir(self.config)
+        return results_dir() / "teacher-evals" / f"{self.profile.teacher}-{self._teacher_key()}"
+
+    def output(self) -> Path:
+        """The file that exists once the run is finished."""
+        if self.kind == "teacher":
+            return self.folder() / "final.pt"
+        if self.kind == "student":
+            return result_file(self.config, self.settings)
+        return self.folder() / f"result-{self.key()}.json"
+
+    def done(self) -> bool:
+        try:
+            return self.output().exists()
+        except FileNotFoundError:  # a teacher it reads is not there yet
+            return False
+
+    def load(self) -> dict | None:
+        """The finished result, None when there is none (an unreadable file is reported and moved aside)."""
+        try:
+            out = self.output()
+        except FileNotFoundError:
+            return None
+        if self.kind == "teacher":
+            return {"kind": "teacher", "checkpoint": str(out)} if out.exists() and readable_checkpoint(out) else None
+        return load_result(out)
+
+    def failure(self) -> dict | None:
+        """What the last attempt raised (``failed.json`` in its folder), if it failed."""
+        try:
+            return read_json(self.folder() / "failed.json", ("error",))
+        except FileNotFoundError:
+            return None
+
+    def compute(self, *, progress: bool = True) -> dict:
+        """Train and/or evaluate; the caller holds the claim and the needs are finished."""
+        if self.kind == "teacher":
+            train(self.config, self.folder(), progress=progress)
+            return {"kind": "teacher", "checkpoint": str(self.output()), "from_cache": False, "trained": True}
+        if self.kind == "student":
+            return _train_and_evaluate(self.config, self.profile, self.settings, self.output(), progress)
+        return _evaluate_teacher(self.profile, self.settings, self.folder(), self.output(), progress)
+
+    def on(self, device: str) -> Run:
+        """The same run on another device (the device is not part of any key)."""
+        return replace(self, profile=replace(self.profile, device=device),
+                       config=None if self.config is None else replace(self.config, device=device),
+                       needs=tuple(n.on(device) for n in self.needs))
+
+    def to_json(self) -> dict:
+        cfg = None if self.config is None else {
+            **self.config.to_dict(), **{role: portable_path(getattr(self.config, role)) for role in CHECKPOINTS_READ}}
+        return {"kind": self.kind, "name": self.name, "profile": self.profile.to_dict(), "config": cfg,
+                "attacks": list(self.attacks), "needs": [n.to_json() for n in self.needs]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Run:
+        def local(path):  # a path inside the store, written relative to it (the store may be mounted elsewhere)
+            return str(results_dir() / path[len("$FAIRARD_RESULTS/"):]) if path and path.startswith("$FAIRARD_RESULTS/") else path
+
+        profile = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["profile"].items()})
+        cfg = d["config"] and TrainConfig(**{**d["config"], **{role: local(d["config"][role]) for role in CHECKPOINTS_READ}})
+        return cls(d["kind"], profile, cfg, tuple(d["attacks"]), tuple(cls.from_json(n) for n in d["needs"]))
+
+
+def teacher_run(p: Profile, role: str = "teacher", arch: str | None = None) -> Run | None:
+    """Training the profile's teacher (``role`` "nat_teacher": MTARD's natural one; "init": FRL's robust
+    starting point for architecture ``arch``); None when the profile names a teacher checkpoint."""
+    if role == "teacher" and p.teacher_checkpoint:
+        return None
+    return Run("teacher", as_profile(p), teacher_config(p, role=role, arch=arch))
+
+
+def teacher_eval_run(p: Profile, attacks=None) -> Run:
+    """Evaluating the profile's teacher per class (after training it, if the profile does not name one)."""
+    needs = tuple(t for t in (teacher_run(p),) if t is not None)
+    return Run("teacher_eval", as_profile(p), None, tuple(attacks or ()), needs)
+
+
+def student_run(p: Profile, cfg: TrainConfig, attacks=None) -> Run:
+    """Training and evaluating ``cfg`` (built by ``student_config(p, ...)``) under the profile's (or
+    ``attacks``) evaluation; the runs that train the checkpoints it reads from the store are its needs."""
+    reads = {getattr(cfg, role) for role in CHECKPOINTS_READ} - {None}
+    candidates = [teacher_run(p), teacher_run(p, "nat_teacher")] + ([teacher_run(p, "init", cfg.student)]
+                                                                    if cfg.init_checkpoint else [])
+    needs = {t.id: t for t in candidates if t is not None and str(t.output()) in reads}
+    return Run("student", as_profile(p), cfg, tuple(attacks or ()), tuple(needs.values()))
+
+
+def execute(run: Run, *, progress: bool = True, wait: bool = True, epoch_lines: bool = True) -> dict | None:
+    """Compute ``run`` in this process, its needs first; returns its result (``from_cache`` True when it
+    was finished already).  A run another worker holds is waited for (``wait``; else None is returned).
+    ``epoch_lines``: a line per finished epoch on stderr (``EpochWatch``)."""
+    for need in run.needs:
+        if execute(need, progress=progress, wait=wait, epoch_lines=epoch_lines) is None:
+            return None
+    said = False
+    while True:
+        cached = run.load()
+        if cached is not None:
+            return {**cached, "from_cache": True}
+        claim = Claim(run.folder())
+        if claim.acquire():
+            break
+        if not wait:
+            return None
+        if not said:
+            holder = claim_holder(run.folder()) or {}
+            print(f"fairard: {run.name}: waiting for {holder.get('host')} pid {holder.get('pid')}, which runs it",
+                  file=sys.stderr, flush=True)
+            said = True
+        time.sleep(POLL_S)
+    with claim:
+        cached = run.load()  # finished while this process waited for the claim
+        if cached is not None:
+            return {**cached, "from_cache": True}
+        clean_temp_files(run.folder())
+        (run.folder() / "failed.json").unlink(missing_ok=True)
+        try:
+            with EpochWatch(run, enabled=epoch_lines):
+                return run.compute(progress=progress)
+        except Exception as err:
+            write_json(run.folder() / "failed.json", {"error": f"{type(err).__name__}: {err}",
+                                                      "refused": any(r in str(err) for r in REFUSALS)})
+            raise
+
+
+class EpochWatch:
+    """While a run trains, one line per finished epoch on stderr (epoch, images/s), read from the run's
+    log in the store: the same view a pool's monitor has of its workers' runs."""
+
+    def __init__(self, run: Run, every: float = 1.0, enabled: bool = True):
+        self.run, self.every, self.enabled, self._stop = run, every, enabled, threading.Event()
+
+    def __enter__(self):
+        if self.enabled and self.run.config is not None:
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self):
+        seen = len(read_log_quietly(self.run.folder()))
+        while not self._stop.wait(self.every):
+            log = read_log_quietly(self.run.folder())
+            for record in log[seen:]:
+                print(f"  {self.run.name}: {epoch_line(record, self.run.config)}", file=sys.stderr, flush=True)
+            seen = max(seen, len(log))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+
+def read_log_quietly(folder) -> list[dict]:
+    """The epochs logged so far (an unfinished or torn log reads as what it has)."""
+    try:
+        lines = (Path(folder) / "log.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break
+    return out
+
+
+def epoch_line(record: dict, cfg: TrainConfig) -> str:
+    epochs = cfg.epochs if cfg.epochs is not None else METHODS[parse_method_name(cfg.method)[0]].optim.epochs
+    return (f"epoch {record.get('epoch', 0) + 1}/{epochs}, {record.get('images_per_s', 0):.0f} img/s, "
+            f"{record.get('seconds', 0):.0f} s")
+
+
+def _train_and_evaluate(cfg: TrainConfig, p: Profile, settings: dict, target: Path, progress: bool) -> dict:
+    out = run_dir(cfg)
     needs_training = not (out / "final.pt").exists()
     built = {}
-
     device = resolve_device(cfg.device)
 
     def model():  # the trained student (weights read from final.pt when training is cached); built once
         if "model" not in built:
-            if needs_training:
+            if not needs_training:
+                try:
+                    arch = build_model(cfg.student, D.NUM_CLASSES[cfg.dataset], **cfg.student_kwargs)
+                    built["model"] = load_checkpoint(arch, out / "final.pt").to(device).eval()
+                except Exception as err:  # unreadable: rewritten from the checkpoint (train resumes, nothing redone)
+                    quarantine(out / "final.pt", f"{type(err).__name__}: {err}")
+            if "model" not in built:
                 built["model"] = train(cfg, out, progress=progress)
-            else:
-                from .models import load_checkpoint
-                arch = build_model(cfg.student, D.NUM_CLASSES[cfg.dataset], **cfg.student_kwargs)
-                built["model"] = load_checkpoint(arch, out / "final.pt").to(device).eval()
         return built["model"]
 
     if needs_training:
         model()
     evaluation = evaluate_model(model, cfg.dataset, settings, device, progress=progress, cache=out)
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] \
-        if (out / "log.jsonl").exists() else []
+    log = read_log(out)
     result = {
         "kind": "run", "key": run_key(cfg, settings), "train_key": train_key(cfg), "method": cfg.method,
         "student": cfg.student, "seed": cfg.seed, "profile": p.name, "config": cfg.to_dict(),
@@ -218,38 +468,8 @@ def run(cfg: TrainConfig, *, attacks=None, profile: Profile | None = None, progr
     return {**result, "from_cache": False, "trained": needs_training}
 
 
-def _report(cfg: TrainConfig, r: dict) -> None:
-    if r["from_cache"]:
-        state = "cached"
-    elif r.get("trained", True):
-        state = f"trained {r['train_seconds']:.0f} s + eval {r['eval_seconds']:.0f} s"
-    else:
-        state = "training cached; only the missing attacks evaluated"
-    print(f"{cfg.method:>12} {cfg.student:>14} seed {cfg.seed}: {state}", flush=True)
-
-
-def run_all(configs, *, profile: Profile, attacks=None, progress: bool = True) -> list[dict]:
-    """``run`` for each config, with one line per run saying trained or cached."""
-    results = []
-    for cfg in configs:
-        r = run(cfg, attacks=attacks, profile=profile, progress=progress)
-        _report(cfg, r)
-        results.append(r)
-    return results
-
-
-def evaluate_teacher(p: Profile, *, attacks=None, progress: bool = True) -> dict:
-    """The teacher's per-class evaluation, cached like a run (each attack on its own)."""
-    settings = eval_settings(p, attacks)
-    ckpt = teacher_checkpoint(p, progress=progress)
-    tkey = content_hash({"ckpt": portable_path(ckpt), "arch": p.teacher, "kw": p.teacher_kwargs})
-    folder = results_dir() / "teacher-evals" / f"{p.teacher}-{tkey}"
-    key = content_hash({"teacher": tkey, "eval": settings})
-    out = folder / f"result-{key}.json"
-    cached = load_result(out)
-    if cached is not None:
-        return {**cached, "from_cache": True}
-    from .models import load_checkpoint
+def _evaluate_teacher(p: Profile, settings: dict, folder: Path, target: Path, progress: bool) -> dict:
+    ckpt = teacher_checkpoint(p)
     device = resolve_device(p.device)
 
     def model():
@@ -257,10 +477,52 @@ def evaluate_teacher(p: Profile, *, attacks=None, progress: bool = True) -> dict
 
     evaluation = evaluate_model(model, p.dataset, settings, device, progress=progress, cache=folder)
     result = {"kind": "teacher", "method": f"teacher ({p.teacher_method})", "student": p.teacher, "seed": 0,
-              "key": key, "checkpoint": portable_path(ckpt), "profile": p.name, "eval_settings": settings,
+              "key": target.stem.removeprefix("result-"), "checkpoint": portable_path(ckpt),
+              "checkpoint_sha256": file_sha256(ckpt), "profile": p.name, "eval_settings": settings,
               "evaluation": evaluation, "provenance": provenance(device), "dataset_note": dataset_note(p.dataset)}
-    write_json(out, result)
+    write_json(target, result)
     return {**result, "from_cache": False}
+
+
+def run(cfg: TrainConfig, *, attacks=None, profile: Profile | None = None, progress: bool = True) -> dict:
+    """Train (or resume, or reuse) ``cfg`` and evaluate it per class; returns the result dict.
+
+    Its teachers are trained first if the store lacks them.  Training is cached by ``train_key``
+    (``run_dir``), each attack's evaluation inside it, and the assembled result per evaluation settings
+    (``result_file``).  The result carries ``from_cache`` (not stored): True when nothing was trained or
+    evaluated."""
+    p = profile or PROFILES["quick"]
+    return execute(student_run(p, cfg, attacks), progress=progress)
+
+
+def report_line(run: Run, r: dict | None) -> str:
+    """What happened to a run, in one line: cached, trained + evaluated, or only evaluated."""
+    if r is None:
+        failure = run.failure() or {}
+        return f"{run.name}: " + ("skipped (" if failure.get("refused") else "FAILED (") + failure.get("error", "?") + ")"
+    if r["from_cache"]:
+        state = "cached"
+    elif run.kind == "teacher":
+        state = "trained"
+    elif run.kind == "teacher_eval":
+        state = f"evaluated {sum(r['evaluation']['seconds'].values()):.0f} s"
+    elif r.get("trained", True):
+        state = f"trained {r['train_seconds']:.0f} s + eval {r['eval_seconds']:.0f} s"
+    else:
+        state = "training cached; only the missing attacks evaluated"
+    if run.kind == "student":
+        return f"{run.config.method:>12} {run.config.student:>14} seed {run.config.seed}: {state}"
+    return f"{run.name}: {state}"
+
+
+def run_all(configs, *, profile: Profile, attacks=None, progress: bool = True) -> list[dict]:
+    """``run`` for each config, with one line per run saying trained or cached."""
+    results = []
+    for cfg in configs:
+        r = run(cfg, attacks=attacks, profile=profile, progress=progress)
+        print(report_line(student_run(profile, cfg, attacks), r), flush=True)
+        results.append(r)
+    return results
 
 
 def run_path(result: dict) -> Path:
@@ -272,11 +534,11 @@ def run_path(result: dict) -> Path:
 
 def run_history(result: dict) -> list[dict]:
     """The per-epoch training log of a run: class_stats, class_weights (used), next_class_weights, lr, ..."""
-    path = run_path(result) / "log.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"no training log at {path}; is FAIRARD_RESULTS ({results_dir()}) the cache "
-                                f"that holds run {result['key']}?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    folder = run_path(result)
+    if not (folder / "log.jsonl").exists() and not (folder / "checkpoint.pt").exists():
+        raise FileNotFoundError(f"no training log at {folder / 'log.jsonl'}; is FAIRARD_RESULTS ({results_dir()}) the "
+                                f"cache that holds run {result['key']}?")
+    return read_log(folder)
 
 
 def load_student(result: dict, device="cpu") -> torch.nn.Module:
@@ -288,7 +550,10 @@ def load_student(result: dict, device="cpu") -> torch.nn.Module:
 
 def load_teacher(p: Profile, device="cpu", progress: bool = True) -> torch.nn.Module:
     """The profile's (cached) robust teacher, in eval mode."""
-    path = teacher_checkpoint(p, progress=progress)
+    teacher = teacher_run(p)
+    if teacher is not None:
+        execute(teacher, progress=progress)
+    path = teacher_checkpoint(p)
     model = build_model(p.teacher, D.NUM_CLASSES[p.dataset], **p.teacher_kwargs)
     return load_checkpoint(model, path, map_location=device).to(device).eval()
 
@@ -296,36 +561,34 @@ def load_teacher(p: Profile, device="cpu", progress: bool = True) -> torch.nn.Mo
 test_images = D.test_tensors  # the evaluation's class-balanced test slice
 
 
-def run_labelled(p: Profile, arms, attacks, progress: bool = True) -> tuple[list[dict], list[dict]]:
-    """Run each distinct config of ``arms`` once (a list of dicts with ``label`` and ``cfg``).
+# ---- a study's runs, read back --------------------------------------------------------------------------
+def study_runs(setup: Setup, grid) -> list[Run]:
+    """The runs of a (profile, method, student, seed) grid: each profile's teacher evaluation (its teacher
+    run as a need), then one student run per grid point."""
+    teachers = {}
+    for prof, *_ in list(grid) or [(setup,)]:
+        teachers.setdefault(prof.teacher, teacher_eval_run(prof))
+    return list(teachers.values()) + [student_run(prof, student_config(prof, m, student=st, seed=s))
+                                      for prof, m, st, s in grid]
 
-    Returns (results, skipped): every result is relabelled ``method = arm label`` (the registered
-    name kept as ``run_method``) so ``experiments.summarize_runs`` groups by arm.  A run the trainer
-    refuses because a difficulty measure is not recorded by that method is skipped with its reason.
-    """
-    done: dict[str, dict | Exception] = {}
-    failed: dict[str, Exception] = {}  # arm label -> the refusal: its other seeds are not tried
-    results, skipped = [], []
-    for arm in arms:
-        cfg = arm["cfg"]
-        key = cfg.key()
-        if key not in done and arm["label"] in failed:
-            done[key] = failed[arm["label"]]
-        if key not in done:
-            try:
-                done[key] = run_all([cfg], profile=p, attacks=attacks, progress=progress)[0]
-            except ValueError as err:  # ClassStats.mean: the statistic this measure needs was never recorded
-                if "ClassStats has no" not in str(err):
-                    raise
-                print(f"{cfg.method:>12} {cfg.student:>14} seed {cfg.seed}: skipped ({err})")
-                done[key] = failed[arm["label"]] = err
-        got = done[key]
-        if isinstance(got, Exception):
-            skipped.append({**{k: v for k, v in arm.items() if k != "cfg"}, "reason": str(got)})
-        else:
-            results.append({**got, "run_method": got["method"], "method": arm["label"],
-                            **{k: v for k, v in arm.items() if k not in ("cfg", "label")}})
-    return results, skipped
+
+def missing_error(runs, study: str) -> ValueError:
+    names = ", ".join(r.name for r in runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+    return ValueError(f"{len(runs)} run(s) of {study} are not in the store {results_dir()}: {names}; compute them "
+                      f"first: `python -m fairard run {study} ...` (same options) or the notebook")
+
+
+def collect_study(setup: Setup, runs, study: str, computed=(), seconds: float = 0.0, executed=()) -> Study:
+    """A ``Study`` from the store: the teacher evaluations and student results of ``runs`` (as ``study_runs``
+    lists them); ``executed``: ids of the runs computed just now (the rest is marked ``from_cache``)."""
+    loaded = {r.id: r.load() for r in runs}
+    missing = [r for r in runs if loaded[r.id] is None]
+    if missing:
+        raise missing_error(missing, study)
+    mark = lambda r: {**loaded[r.id], "from_cache": r.id not in executed}  # noqa: E731
+    teachers = {r.profile.teacher: mark(r) for r in runs if r.kind == "teacher_eval"}
+    results = [mark(r) for r in runs if r.kind == "student"]
+    return Study(setup, results, teachers, list(computed), seconds)
 
 
 @dataclass
@@ -398,23 +661,3 @@ def load_recorded(folder) -> Study:
     return Study(Setup(**values, methods=methods, headline=headline), results, teachers, [], 0.0)
 
 
-def run_plan(setup: Setup, plan, progress: bool | None) -> Study:
-    """Evaluate each plan's teacher (training it if needed), then ``run`` every (profile, method, student, seed).
-    ``progress`` None: the setup's."""
-    progress = getattr(setup, "progress", True) if progress is None else progress
-    before, t0 = cache_snapshot(), time.perf_counter()
-    teachers = {}
-    for prof, *_ in plan:
-        if prof.teacher not in teachers:
-            teachers[prof.teacher] = evaluate_teacher(prof, progress=progress)
-    if not plan:
-        teachers[setup.teacher] = evaluate_teacher(setup, progress=progress)
-    results = []
-    for prof, method, student, seed in plan:
-        cfg = student_config(prof, method, student=student, seed=seed, progress=progress)
-        r = run(cfg, profile=prof, progress=progress)
-        _report(cfg, r)
-        results.append(r)
-    after = cache_snapshot()
-    computed = sorted(k for k, t in after.items() if before.get(k) != t)
-    return Study(setup, results, teachers, computed, time.perf_counter() - t0)

@@ -35,11 +35,12 @@ import torch.distributed as dist
 from . import checks
 from . import data as D
 from .attacks import as_radius, pgd, start_point
+from .distributed import sync_batchnorm
 from .fairness import ClassStats, FairWeighting
 from .methods import METHODS, AttackConfig, Forward, get_method
 from .models import (CheckpointError, build_model, folded_batchnorm, load_checkpoint, read_checkpoint,
                      set_batchnorm_folding)
-from .utils import provenance, resolve_device, save_torch, write_json
+from .utils import provenance, quarantine, resolve_device, save_torch, write_json, write_text
 
 SYNC_EVERY = 50  # steps between host syncs for the divergence check
 # Part of every run key. Raised when the training arithmetic changes so that a cached run or a checkpoint
@@ -229,6 +230,8 @@ class Trainer:
             raise ValueError(f"method {cfg.method!r} needs a validation split: set val_per_class > 0 (--val-per-class)")
         torch.manual_seed(cfg.seed)
         self.student = self._to_device(self._initial_student())
+        if self.world > 1:  # BatchNorm over the global batch, as on one device (fairard.distributed)
+            sync_batchnorm(self.student)
         self.method.to(self.device)
         self.optimizer = torch.optim.SGD(
             self.student.parameters(), lr=self.base_lr,
@@ -356,10 +359,23 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
 
     def resume(self) -> bool:
+        """Continue from ``checkpoint.pt`` if there is one; an unreadable one is moved aside (and reported)
+        and the run starts over."""
         if not self.checkpoint_path.exists():
             return False
-        self.load_state_dict(read_checkpoint(self.checkpoint_path, map_location=self.device))
+        try:
+            state = read_checkpoint(self.checkpoint_path, map_location=self.device)
+        except CheckpointError as err:  # truncated/empty/garbage: reported and moved aside; the run starts over
+            quarantine(self.checkpoint_path, str(err))
+            return False
+        self.load_state_dict(state)
         return True
+
+    def write_log(self) -> None:
+        """``log.jsonl`` rewritten (atomically) from the checkpoint's history, one line per epoch: written
+        after the checkpoint, so a crash between the two leaves the log one epoch behind, and the next
+        ``fit`` rewrites it from the checkpoint; an epoch is never duplicated or lost."""
+        write_text(self.out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
 
     # ---- the loop -----------------------------------------------------------------------------
     def _autocast(self):
@@ -523,6 +539,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "config.json", {"config": self.cfg.to_dict(), "key": self.cfg.key(),
                                                       "provenance": provenance(self.device)})
+            self.write_log()
         for epoch in range(self.start_epoch, self.epochs):
             bar = tqdm(total=self.train_loader.num_samples // self.batch_size * self.batch_size,
                        desc=f"{self.cfg.method} {epoch + 1}/{self.epochs}", unit="img", unit_scale=True,
@@ -536,9 +553,8 @@ class Trainer:
             record["monitor"] = self.monitor_epoch()
             self.history.append(record)
             if self.rank == 0:
-                with open(self.out_dir / "log.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
                 save_torch(self.checkpoint_path, self.state_dict(epoch))
+                self.write_log()
         if self.rank == 0:
             save_torch(self.out_dir / "final.pt", self.final_state_dict())
         return self.student
@@ -577,8 +593,11 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = True, progress: bool = Tr
     trainer = Trainer(cfg, out_dir, progress=progress)
     final = Path(out_dir) / "final.pt"
     if resume and final.exists() and trainer.resume() and trainer.start_epoch >= trainer.epochs:
-        trainer.student.load_state_dict(read_checkpoint(final, map_location=trainer.device))
-        return trainer.student.eval()
+        try:
+            trainer.student.load_state_dict(read_checkpoint(final, map_location=trainer.device))
+            return trainer.student.eval()
+        except CheckpointError as err:  # unreadable: rewritten below from the finished checkpoint, nothing retrained
+            quarantine(final, str(err))
     trainer.fit(resume=resume)
     trainer.student.load_state_dict(trainer.final_state_dict())
     return trainer.student.eval()

@@ -5,7 +5,9 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -19,15 +21,28 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def new_file_mode() -> int:
+    """0666 minus the process umask (0644 under the usual 022): what ``open`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+TEMP_SUFFIX = ".tmp"  # temporary files are ``.<name>.<random>.tmp`` next to their target
+
+
 def _atomic_write(path: Path, write) -> Path:
-    """Write through a temporary file in the same folder, then rename: a reader never sees half a file."""
+    """Write through a temporary file in the same folder, then rename: a reader never sees half a file.
+    The file gets the mode a plain ``open`` would give (``mkstemp`` alone makes it 0600, unreadable to a
+    lab that shares the results folder)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     except OSError as err:  # name the file asked for, not a temporary one (commands check outputs up front)
         raise OSError(err.errno, f"cannot write {path}: {err.strerror}", str(path)) from None
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -43,8 +58,26 @@ def write_json(path, obj) -> Path:
     return _atomic_write(path, lambda fh: fh.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
+def write_text(path, text: str) -> Path:
+    return _atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
 def save_torch(path, obj) -> Path:
     return _atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def quarantine(path, reason: str) -> Path:
+    """Move an unreadable file aside (``<name>.corrupt-<time>``) and say so on stderr with its path and
+    what happens next: the caller recomputes it; nothing is deleted."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:  # another worker moved it first
+        return aside
+    print(f"fairard: {path} is unreadable ({reason}); moved aside to {aside.name} and recomputed "
+          f"(delete the .corrupt file once you no longer need it)", file=sys.stderr, flush=True)
+    return aside
 
 
 def git_commit(cwd: str | Path | None = None) -> str:

@@ -290,23 +290,29 @@ def test_ablation_plan_changes_one_thing_per_arm():
     assert [a["setting"] for a in smoke] == ["kappa", "robust_acc", "0", "2"]
 
 
-def test_run_labelled_skips_unrecorded_measures_once_and_shares_runs(monkeypatch):
-    calls = []
-
-    def fake_run_all(configs, profile, attacks, progress):
-        (cfg,) = configs
-        calls.append((cfg.difficulty, cfg.seed))
-        if cfg.difficulty == "clean_acc":
-            raise ValueError("ClassStats has no 'clean_correct' values this epoch; pass clean_correct=...")
-        return [fake_result(cfg.method, cfg.seed, [0.5] * 10, attacks=("clean",), key=cfg.difficulty)]
-
-    monkeypatch.setattr(runs, "run_all", fake_run_all)
+def test_labelled_results_share_runs_and_skip_refused_arms(synthetic_root, monkeypatch, tmp_path):
+    from fairard.studies import arm_runs, labelled_results
     from fairard.train import TrainConfig
+    from fairard.utils import write_json
+
+    monkeypatch.setenv("FAIRARD_DATA", str(synthetic_root))
+    monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path))
+    p = profiles.get_profile("smoke")
     arms = [{"label": f"measure: {d}", "ablation": "measure", "setting": d,
              "cfg": TrainConfig(method="fair-ard", difficulty=d, seed=s)}
             for d in ("kappa", "clean_acc", "kappa") for s in (0, 1)]
-    results, skipped = runs.run_labelled(profiles.get_profile("smoke"), arms, ["clean"])
-    assert calls == [("kappa", 0), ("kappa", 1), ("clean_acc", 0)]  # duplicates shared, later seeds not tried
+    planned = arm_runs(p, arms, ["clean"])
+    assert len(planned) == 4                              # the repeated arm shares its runs
+    with pytest.raises(ValueError, match="4 run"):        # nothing computed yet: the missing runs are named
+        labelled_results(p, arms, ["clean"], "ablations")
+    for run in planned:
+        if run.config.difficulty == "kappa":
+            write_json(run.output(), {**fake_result("fair-ard", run.config.seed, [0.5] * 10, attacks=("clean",)),
+                                      "key": run.key()})
+        else:
+            write_json(run.folder() / "failed.json", {"error": "ValueError: ClassStats has no 'clean_correct' values",
+                                                      "refused": True})
+    results, skipped = labelled_results(p, arms, ["clean"], "ablations")
     assert [r["method"] for r in results] == ["measure: kappa"] * 4 and results[0]["run_method"] == "fair-ard"
     assert len(skipped) == 2 and "clean_correct" in skipped[0]["reason"] and "cfg" not in skipped[0]
 

@@ -44,3 +44,13 @@ def test_baseline_loss_follows_the_class_weights():
     heavier[y[0]] += 5.0
     assert official_weighted_loss("fair-rslad", adv, clean, teacher, y, heavier) > \
         official_weighted_loss("fair-rslad", adv, clean, teacher, y, weights)
+
+
+def test_study_throughput_benchmark_runs(synthetic_root, capsys):
+    """benchmarks/study_throughput.py --quick measures 1 and 2 concurrent runs and prints the table."""
+    from study_throughput import main
+
+    rows = main(["--quick", "--device", "cpu", "--data-root", str(synthetic_root)])
+    assert [r["concurrency"] for r in rows] == [1, 2] and all(r["run_epochs_per_hour"] > 0 for r in rows)
+    assert rows[0]["speedup"] == 1.0
+    assert "runs at once" in capsys.readouterr().out

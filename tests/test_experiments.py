@@ -96,7 +96,9 @@ def _changed(name, value):
     raise AssertionError(name)
 
 
-def test_config_hash_changes_with_every_field():
+def test_config_hash_changes_with_every_field(synthetic_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAIRARD_DATA", str(synthetic_root))
+    monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path))
     base = TrainConfig(method="ard", teacher="resnet8", teacher_checkpoint="t.pt")
     for f in dataclasses.fields(TrainConfig):
         changed = dataclasses.replace(base, **{f.name: _changed(f.name, getattr(base, f.name))})
@@ -105,7 +107,9 @@ def test_config_hash_changes_with_every_field():
         else:
             assert changed.key() != base.key(), f.name
     settings = runs.eval_settings(profiles.PROFILES["smoke"])
-    assert store.run_key(base, settings) != store.run_key(base, {**settings, "eval_per_class": 6})
+    teacherless = TrainConfig(method="pgd_at")
+    assert store.run_key(teacherless, settings) != store.run_key(teacherless, {**settings, "eval_per_class": 6})
+    assert store.run_key(teacherless, settings) != store.run_key(teacherless, {**settings, "version": 0})
 
 
 # ---- the result cache ------------------------------------------------------------------------------------
@@ -306,17 +310,25 @@ def test_correlations_and_inheritance_rows():
     assert "| ard | resnet8 | 0 |" in inheritance.inheritance_markdown(rows)
 
 
-def test_main_results_plan_runs_headline_pairs_on_every_seed(monkeypatch, tmp_path):
+def test_main_results_plan_runs_headline_pairs_on_every_seed(synthetic_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAIRARD_DATA", str(synthetic_root))
     monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path))
     setup = profiles.validate("smoke", methods=["ard", "fair-ard", "cfa"], seeds=[0, 1, 2], headline=["ard"])
-    monkeypatch.setattr(runs, "evaluate_teacher", lambda p, **k: fake("teacher", 0, [0.5, 0.5, 0.5]))
-    monkeypatch.setattr(runs, "student_config", lambda p, m, student, seed, progress: TrainConfig(
-        method=m, student=student, seed=seed))
-    monkeypatch.setattr(runs, "run", lambda cfg, profile, progress: fake(cfg.method, cfg.seed, [0.1, 0.2, 0.3]))
-    study = main_results.study(setup, progress=False)
-    assert sorted((r["method"], r["seed"]) for r in study.results) == [
+    plan = main_results.plan(setup)
+    students = [r for r in plan if r.kind == "student"]
+    assert sorted((r.config.method, r.config.seed) for r in students) == [
         ("ard", 0), ("ard", 1), ("ard", 2), ("cfa", 0), ("fair-ard", 0), ("fair-ard", 1), ("fair-ard", 2)]
-    assert study.computed == [] and "everything came from the cache" in study.summary()
+    (teacher_eval,) = [r for r in plan if r.kind == "teacher_eval"]
+    (teacher,) = teacher_eval.needs
+    assert teacher.kind == "teacher"
+    assert [[n.id for n in r.needs] for r in students] == [[] if r.config.method == "cfa" else [teacher.id]
+                                                            for r in students]  # CFA distils from no teacher
+    assert not tmp_path.joinpath("teachers").exists()                 # planning trains nothing
+    with pytest.raises(ValueError, match=r"8 run\(s\) of main_results are not in the store.*python -m fairard run"):
+        main_results.collect(setup)
+    results = [fake(m, s, [0.1, 0.2, 0.3]) for m, s in (("ard", 0), ("ard", 1), ("ard", 2), ("cfa", 0))]
+    study = runs.Study(setup, results, {"resnet8": fake("teacher", 0, [0.5, 0.5, 0.5])}, [], 1.0)
+    assert "everything came from the cache" in study.summary()
     caption = study.caption("pgd20")
     assert caption.startswith("pgd20 · profile smoke · lossy JPEG-derived CIFAR-10 copy · seeds 0,1,2 · commit abc123")
 
@@ -353,17 +365,31 @@ def test_figures_draw_on_degenerate_results():
     assert "kept worst" in capacity_gap.capacity_markdown(rows) and "ard from resnet8" in capacity_gap.capacity_verdict(rows, "pgd20")
 
 
-def test_run_key_survives_moving_the_results_folder(monkeypatch, tmp_path):
+def test_run_key_follows_the_teacher_checkpoint_content_not_its_path(synthetic_root, monkeypatch, tmp_path):
+    """Keys survive moving or copying the results folder (a GPU machine's results read back for the book)."""
+    import shutil
+
+    import torch
+
+    monkeypatch.setenv("FAIRARD_DATA", str(synthetic_root))
     settings = runs.eval_settings(profiles.PROFILES["smoke"])
+    teacher = tmp_path / "a" / "teachers" / "pgd_at-resnet8-x" / "final.pt"
+    teacher.parent.mkdir(parents=True)
+    torch.save({"w": torch.ones(3)}, teacher)
     keys = []
     for folder in ("a", "b"):
+        if folder == "b":
+            shutil.copytree(tmp_path / "a", tmp_path / "b")
         monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path / folder))
         cfg = TrainConfig(method="ard", teacher="resnet8",
                           teacher_checkpoint=str(tmp_path / folder / "teachers" / "pgd_at-resnet8-x" / "final.pt"))
         keys.append(store.run_key(cfg, settings))
     assert keys[0] == keys[1]
-    outside = TrainConfig(method="ard", teacher="resnet8", teacher_checkpoint="/elsewhere/trades.pt")
-    assert store.run_key(outside, settings) != keys[1]
+    other = tmp_path / "elsewhere.pt"
+    torch.save({"w": torch.zeros(3)}, other)
+    assert store.run_key(TrainConfig(method="ard", teacher="resnet8", teacher_checkpoint=str(other)), settings) != keys[1]
+    with pytest.raises(FileNotFoundError):  # a teacher that is not trained yet: no key
+        store.run_key(TrainConfig(method="ard", teacher="resnet8", teacher_checkpoint=str(tmp_path / "none.pt")), settings)
 
 
 def test_headline_compares_within_each_student():
@@ -458,10 +484,23 @@ def test_frl_fine_tunes_the_cached_pgd_at_run_of_its_architecture(no_training):
         profiles.get_profile("quick", teacher_method="frl-rw")
 
 
-def test_init_checkpoint_is_portable_in_the_run_key(monkeypatch, tmp_path):
+def test_init_checkpoint_is_keyed_by_its_content(synthetic_root, monkeypatch, tmp_path):
+    """FRL's starting point enters the run key by its sha256, like a teacher: the key survives moving the
+    results folder and changes when the checkpoint's bytes do."""
+    import shutil
+
+    import torch
+
+    monkeypatch.setenv("FAIRARD_DATA", str(synthetic_root))
     monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path / "a"))
-    cfg = TrainConfig(method="frl-rw", init_checkpoint=str(tmp_path / "a" / "teachers" / "x" / "final.pt"))
+    start = tmp_path / "a" / "teachers" / "x" / "final.pt"
+    start.parent.mkdir(parents=True)
+    torch.save({"w": torch.ones(2)}, start)
+    cfg = TrainConfig(method="frl-rw", init_checkpoint=str(start))
     key = store.train_key(cfg)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
     monkeypatch.setenv("FAIRARD_RESULTS", str(tmp_path / "b"))
     moved = dataclasses.replace(cfg, init_checkpoint=str(tmp_path / "b" / "teachers" / "x" / "final.pt"))
     assert store.train_key(moved) == key
+    torch.save({"w": torch.zeros(2)}, tmp_path / "b" / "teachers" / "x" / "final.pt")
+    assert store.train_key(moved) != key

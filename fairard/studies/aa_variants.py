@@ -4,8 +4,10 @@ from __future__ import annotations
 from .. import data as D
 from ..evaluate import EVAL_ATTACKS
 from ..profiles import Checked, notebook_setup
-from ..runs import run_labelled, student_config
+from ..executors import compute
+from ..runs import Run, student_config
 from ..tables import caption, group_by, label_key, metric
+from . import arm_runs, labelled_results
 
 
 AA_PAIR = ("aa", "aa10")
@@ -24,13 +26,28 @@ def validate(profile: str = "quick", methods=("ard", "fair-ard"), students=None,
     return Checked(setup, dict(methods=list(setup.methods)))
 
 
-def study(c: Checked) -> dict:
-    """Train/load each method per student and seed; evaluate with both AutoAttack variants."""
+def arms(c: Checked) -> list[dict]:
     p = c.setup
-    arms = [{"label": m, "cfg": student_config(p, m, student=s, seed=seed, progress=c.progress)}
+    return [{"label": m, "cfg": student_config(p, m, student=s, seed=seed)}
             for s in p.students for m in c.methods for seed in p.seeds]
-    results, skipped = run_labelled(p, arms, p.attacks, progress=c.progress)
+
+
+def plan(c: Checked) -> list[Run]:
+    """Each method per student and seed, evaluated with both AutoAttack variants (and its teacher)."""
+    return arm_runs(c.setup, arms(c), c.setup.attacks)
+
+
+def collect(c: Checked) -> dict:
+    p = c.setup
+    results, skipped = labelled_results(p, arms(c), p.attacks, "aa_variants")
     return {"profile": p, "results": results, "skipped": skipped, "attacks": list(p.attacks)}
+
+
+def study(c: Checked, **executor) -> dict:
+    """``plan``, compute what the store lacks, then ``collect``; the keywords choose who computes the
+    pending runs (``fairard.executors.execute_runs``: executor, jobs, gpus, jobs_per_gpu, slurm)."""
+    compute(plan(c), progress=c.progress, **executor)
+    return collect(c)
 
 
 def aa_rows(study: dict) -> list[dict]:

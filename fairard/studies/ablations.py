@@ -2,18 +2,20 @@
 official code's quirks, each off and on; tables, figures and the class-weight trajectories.
 
 ``validate`` checks every parameter; ``study`` trains (or loads) every arm for every seed through
-``fairard.runs.run_labelled`` (the store, so notebooks share runs).
+the store (``fairard.store``), so notebooks share runs.
 """
 from __future__ import annotations
 
 from .. import data as D
 from ..fairness import DIFFICULTY_MEASURES
 from ..methods import METHODS, parse_method_name
-from ..profiles import (OFFICIAL_CLAMP, Checked, Profile, check_betas, check_clamp, check_fair_method, check_flag,
-                        check_subset, notebook_setup)
-from ..runs import run_history, run_labelled, student_config
+from ..checks import check_betas, check_clamp, check_flag, check_subset
+from ..profiles import OFFICIAL_CLAMP, Checked, Profile, check_fair_method, notebook_setup
+from ..executors import compute
+from ..runs import Run, run_history, student_config
 from ..tables import caption, headline_attack, label_key, markdown_table, mean_std, metric, summarize_runs
 from ..train import lr_at
+from . import arm_runs, labelled_results
 
 
 ABLATIONS = ("measure", "beta", "clamp", "quirks")
@@ -94,21 +96,40 @@ def ablation_arms(p: Profile, method: str, ablations, measures, betas, clamp, qu
     return arms
 
 
-def study(c: Checked) -> dict:
-    """Plan, run (or load) every arm for every seed; returns {"results", "skipped", "plan", "attacks", ...}."""
+def arms(c: Checked) -> list[dict]:
+    """Every (arm, seed): its label, ablation, setting, baseline flag and TrainConfig."""
     p = c.setup
-    plan = ablation_arms(p, c.method, c.ablations, c.measures, c.betas, c.clamp, c.quirks, c.smoke_trim)
-    arms = []
-    for arm in plan:
+    out = []
+    for arm in ablation_arms(p, c.method, c.ablations, c.measures, c.betas, c.clamp, c.quirks, c.smoke_trim):
         for seed in p.seeds:
-            cfg = student_config(p, arm["method"], seed=seed, progress=c.progress, **arm["overrides"])
-            arms.append({"label": f"{arm['ablation']}: {arm['setting']}", "ablation": arm["ablation"],
-                         "setting": arm["setting"], "baseline": arm["baseline"], "cfg": cfg})
-    results, skipped = run_labelled(p, arms, p.attacks, progress=c.progress)
-    print(f"{len(plan)} arms x {len(p.seeds)} seed(s); {len({r['key'] for r in results})} distinct runs, "
+            cfg = student_config(p, arm["method"], seed=seed, **arm["overrides"])
+            out.append({"label": f"{arm['ablation']}: {arm['setting']}", "ablation": arm["ablation"],
+                        "setting": arm["setting"], "baseline": arm["baseline"], "cfg": cfg})
+    return out
+
+
+def plan(c: Checked) -> list[Run]:
+    """One run per distinct config of the arms (an arm equal to the baseline shares its run)."""
+    return arm_runs(c.setup, arms(c), c.setup.attacks)
+
+
+def collect(c: Checked) -> dict:
+    """{"results", "skipped", "plan", "attacks", ...} read from the store: one result per (arm, seed),
+    relabelled by arm; arms the trainer refused are listed in ``skipped`` with the reason."""
+    p = c.setup
+    sweep = ablation_arms(p, c.method, c.ablations, c.measures, c.betas, c.clamp, c.quirks, c.smoke_trim)
+    results, skipped = labelled_results(p, arms(c), p.attacks, "ablations")
+    print(f"{len(sweep)} arms x {len(p.seeds)} seed(s); {len({r['key'] for r in results})} distinct runs, "
           f"{len(skipped)} skipped")
-    return {"profile": p, "method": c.method, "plan": plan, "results": results, "skipped": skipped,
+    return {"profile": p, "method": c.method, "plan": sweep, "results": results, "skipped": skipped,
             "attacks": list(p.attacks), "attack": c.attack}
+
+
+def study(c: Checked, **executor) -> dict:
+    """``plan``, compute what the store lacks, then ``collect``; the keywords choose who computes the
+    pending runs (``fairard.executors.execute_runs``: executor, jobs, gpus, jobs_per_gpu, slurm)."""
+    compute(plan(c), progress=c.progress, **executor)
+    return collect(c)
 
 
 def ablation_table(study: dict, whats=("accuracy", "worst_class_accuracy", "nsd")) -> str:

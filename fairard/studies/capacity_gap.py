@@ -10,8 +10,9 @@ import numpy as np
 
 from ..models import build_model
 from ..profiles import Setup, validate as validate_setup
-from ..runs import Study, run_plan
+from ..runs import Run, Study, collect_study, study_runs
 from ..tables import class_accuracy, md_table, na_format, spearman
+from . import grid_study
 
 
 def validate(profile: str = "quick", methods=("ard",), seeds=(0,), ladder=None, teacher_ladder=None,
@@ -24,14 +25,25 @@ def validate(profile: str = "quick", methods=("ard",), seeds=(0,), ladder=None, 
                           overrides=overrides, progress=progress)
 
 
-def study(setup: Setup, *, progress: bool | None = None) -> Study:
+def plan(setup: Setup) -> list[Run]:
     """Each student of ``setup.ladder`` distilled (``setup.methods``, ``setup.seeds``) from each teacher of
     ``setup.teacher_ladder`` (default: the profile's teacher alone)."""
-    plan = []
+    grid = []
     for t in setup.teacher_ladder or (setup.teacher,):
         prof = setup if t == setup.teacher else dataclasses.replace(setup, teacher=t, teacher_kwargs={})
-        plan += [(prof, m, st, s) for st in setup.ladder for m in setup.methods for s in setup.seeds]
-    return run_plan(setup, plan, progress)
+        grid += [(prof, m, st, s) for st in setup.ladder for m in setup.methods for s in setup.seeds]
+    return study_runs(setup, grid)
+
+
+def collect(setup: Setup) -> Study:
+    """The study's results and teacher evaluation(s), read from the store (nothing is computed)."""
+    return collect_study(setup, plan(setup), "capacity_gap")
+
+
+def study(setup: Setup, *, progress: bool | None = None, **executor) -> Study:
+    """``plan``, compute what the store lacks, then ``collect``; the keywords after ``progress`` choose who
+    computes the pending runs (``fairard.executors.execute_runs``: executor, jobs, gpus, jobs_per_gpu, slurm)."""
+    return grid_study(setup, plan(setup), "capacity_gap", progress, executor)
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..profiles import Setup, validate as validate_setup
-from ..runs import Study, run_plan
+from ..runs import Run, Study, collect_study, study_runs
 from ..tables import class_accuracy, md_table, na_format, pearson, spearman
+from . import grid_study
 
 
 def validate(profile: str = "quick", methods=("ard", "iad", "rslad", "mtard", "kdiga"), seeds=(0,),
@@ -18,10 +19,20 @@ def validate(profile: str = "quick", methods=("ard", "iad", "rslad", "mtard", "k
                           progress=progress)
 
 
-def study(setup: Setup, *, progress: bool | None = None) -> Study:
+def plan(setup: Setup) -> list[Run]:
     """The teacher and every (method, student, seed) of ``setup``."""
-    plan = [(setup, m, st, s) for st in setup.students for m in setup.methods for s in setup.seeds]
-    return run_plan(setup, plan, progress)
+    return study_runs(setup, [(setup, m, st, s) for st in setup.students for m in setup.methods for s in setup.seeds])
+
+
+def collect(setup: Setup) -> Study:
+    """The study's results and teacher evaluation(s), read from the store (nothing is computed)."""
+    return collect_study(setup, plan(setup), "inheritance")
+
+
+def study(setup: Setup, *, progress: bool | None = None, **executor) -> Study:
+    """``plan``, compute what the store lacks, then ``collect``; the keywords after ``progress`` choose who
+    computes the pending runs (``fairard.executors.execute_runs``: executor, jobs, gpus, jobs_per_gpu, slurm)."""
+    return grid_study(setup, plan(setup), "inheritance", progress, executor)
 
 
 def inheritance_rows(results, teacher: dict, attack: str) -> list[dict]:

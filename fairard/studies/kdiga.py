@@ -7,10 +7,13 @@ import torch.nn.functional as F
 
 from ..evaluate import eval_mode
 from ..methods import input_gradient
-from ..profiles import Checked, Profile, as_list, check_int, check_subset, notebook_setup
-from ..runs import load_student, load_teacher, run_labelled, student_config, test_images
+from ..checks import as_list, check_int, check_subset
+from ..profiles import Checked, Profile, notebook_setup
+from ..executors import compute
+from ..runs import Run, load_student, load_teacher, student_config, test_images
 from ..tables import caption, group_by, headline_attack, label_key, mean_std, metric, summarize_runs
 from ..utils import resolve_device
+from . import arm_runs, labelled_results
 
 
 KDIGA_FAMILY = {
@@ -65,7 +68,7 @@ def input_gradient_gap(student, teacher, x: torch.Tensor, y: torch.Tensor, batch
             "per_sample_l2": l2.float().cpu(), "per_sample_cosine": cos.float().cpu(), "per_class_l2": per_class}
 
 
-def kdiga_arms(p: Profile, methods, gamma=None, progress: bool = True) -> list[dict]:
+def kdiga_arms(p: Profile, methods, gamma=None) -> list[dict]:
     """One arm per (student, method, seed); "kd" is KDIGA with gamma = 0. ``gamma``: None (each method's
     default), a number, or a list (a sweep: one arm per value, labelled e.g. "KDIGA (γ=0.5)"). The
     per-sample default 0.5 is ~1450x the author's batch form at 0.5 (``KDIGA.per_sample_gamma``), so a
@@ -79,18 +82,21 @@ def kdiga_arms(p: Profile, methods, gamma=None, progress: bool = True) -> list[d
                 options = dict(base_options) if g is None else {**base_options, "gamma": float(g)}
                 name = f"{label} (γ={g:g})" if len(gammas) > 1 and g is not None and m != "kd" else label
                 for seed in p.seeds:
-                    cfg = student_config(p, registered, student=student, seed=seed, progress=progress,
-                                         method_options=options)
+                    cfg = student_config(p, registered, student=student, seed=seed, method_options=options)
                     arms.append({"label": name, "cfg": cfg})
     return arms
 
 
-def study(c: Checked) -> dict:
-    """Train/load KD, KDIGA, KDIGA-ARD, Fair-KDIGA per student and seed, evaluate per class, and measure
-    every student's input-gradient gap to the teacher on a class-balanced test slice."""
+def plan(c: Checked) -> list[Run]:
+    """KD, KDIGA, KDIGA-ARD, Fair-KDIGA (as chosen) per student and seed, and the teacher they read."""
+    return arm_runs(c.setup, kdiga_arms(c.setup, c.methods, c.gamma), c.setup.attacks)
+
+
+def collect(c: Checked) -> dict:
+    """The runs read from the store, plus every student's input-gradient gap to the teacher on a
+    class-balanced test slice (measured here: a few forward/backward passes per model)."""
     p = c.setup
-    arms = kdiga_arms(p, c.methods, c.gamma, c.progress)
-    results, skipped = run_labelled(p, arms, p.attacks, progress=c.progress)
+    results, skipped = labelled_results(p, kdiga_arms(p, c.methods, c.gamma), p.attacks, "kdiga")
     device = resolve_device(p.device)
     teacher = load_teacher(p, device, progress=c.progress)
     x, y = test_images(p.dataset, c.grad_per_class or p.eval_per_class, device)
@@ -101,6 +107,13 @@ def study(c: Checked) -> dict:
                      **{k: gap[k] for k in ("l2", "cosine", "teacher_norm", "per_class_l2")}})
     return {"profile": p, "results": results, "skipped": skipped, "gaps": gaps, "attacks": list(p.attacks),
             "attack": c.attack}
+
+
+def study(c: Checked, **executor) -> dict:
+    """``plan``, compute what the store lacks, then ``collect``; the keywords choose who computes the
+    pending runs (``fairard.executors.execute_runs``: executor, jobs, gpus, jobs_per_gpu, slurm)."""
+    compute(plan(c), progress=c.progress, **executor)
+    return collect(c)
 
 
 def gap_table(study: dict, attack: str | None = None) -> str:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..profiles import MAIN_METHODS, Setup, validate as validate_setup
-from ..runs import Study, run_plan
+from ..runs import Run, Study, collect_study, study_runs
+from . import grid_study
 
 
 def validate(profile: str = "quick", methods=MAIN_METHODS, headline=None, seeds=None, other_seeds=None,
@@ -16,10 +17,20 @@ def validate(profile: str = "quick", methods=MAIN_METHODS, headline=None, seeds=
                           results_dir=results_dir, overrides=overrides, progress=progress)
 
 
-def study(setup: Setup, *, progress: bool | None = None) -> Study:
+def plan(setup: Setup) -> list[Run]:
     """Every method of ``setup.methods`` on every student: the headline pairs on ``setup.seeds``, every
     other method on ``setup.other_seeds`` (the CPU budget's compromise, stated in the notebook)."""
     paired = {m for pair in setup.headline_pairs for m in pair}
-    plan = [(setup, m, st, s) for st in setup.students for m in setup.methods
-            for s in (setup.seeds if m in paired else setup.other_seeds)]
-    return run_plan(setup, plan, progress)
+    return study_runs(setup, [(setup, m, st, s) for st in setup.students for m in setup.methods
+                              for s in (setup.seeds if m in paired else setup.other_seeds)])
+
+
+def collect(setup: Setup) -> Study:
+    """The study's results and teacher evaluation(s), read from the store (nothing is computed)."""
+    return collect_study(setup, plan(setup), "main_results")
+
+
+def study(setup: Setup, *, progress: bool | None = None, **executor) -> Study:
+    """``plan``, compute what the store lacks, then ``collect``; the keywords after ``progress`` choose who
+    computes the pending runs (``fairard.executors.execute_runs``: executor, jobs, gpus, jobs_per_gpu, slurm)."""
+    return grid_study(setup, plan(setup), "main_results", progress, executor)

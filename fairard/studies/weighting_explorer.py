@@ -10,8 +10,8 @@ import json
 import torch
 
 from ..fairness import DIFFICULTY_MEASURES, ClassStats, class_weights
-from ..profiles import (OFFICIAL_CLAMP, Checked, check_betas, check_clamp, check_fair_method, check_flag, check_int,
-                        check_subset, notebook_setup)
+from ..checks import check_betas, check_clamp, check_flag, check_int, check_subset
+from ..profiles import OFFICIAL_CLAMP, Checked, check_fair_method, notebook_setup
 from ..runs import run_all, run_history, student_config
 
 
@@ -57,7 +57,7 @@ def validate(profile: str = "quick", method: str = "fair-ard", seed: int = 0, at
 def recorded_run(c: Checked) -> tuple[dict, list[dict]]:
     """Train/load the Fair-* run whose log the explorer replays; returns (result, per-epoch log)."""
     p = c.setup
-    cfg = student_config(p, c.method, seed=c.seed, progress=c.progress)
+    cfg = student_config(p, c.method, seed=c.seed)
     result = run_all([cfg], profile=p, attacks=p.attacks, progress=c.progress)[0]
     return result, run_history(result)
 
