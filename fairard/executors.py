@@ -128,6 +128,11 @@ def _failed_in_queue(run: Run) -> bool:
     return (queue_dir() / f"{run.id}.failed.json").exists()
 
 
+def duration(seconds: float) -> str:
+    """'45 s', '12 min', '3.5 h'."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 # ---- watching the store --------------------------------------------------------------------------------
 class Monitor:
     """Prints, on stderr, one line per run that finishes, one per epoch of the runs in progress, and the
@@ -169,8 +174,7 @@ class Monitor:
         left = self.total - len(self.finished)
         if not computed or not left:
             return ""
-        per_run = (time.perf_counter() - self.t0) / computed
-        return f"; ETA {per_run * left / 60:.0f} min (upper bound while workers run in parallel)"
+        return f"; ETA {duration((time.perf_counter() - self.t0) / computed * left)}"
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -255,7 +259,7 @@ def _in_process(everything, pending: set, slot, progress) -> None:
         if run.id in pending:
             computed, left = computed + 1, left - 1
         if run.kind == "student" or run.id in pending:
-            eta = (f"; ETA {(time.perf_counter() - t0) / computed * left / 60:.0f} min"
+            eta = (f"; ETA {duration((time.perf_counter() - t0) / computed * left)}"
                    if computed and left and r is not None and not r["from_cache"] else "")
             print(f"[{k}/{len(everything)}] {report_line(run, r).strip()}{eta}", flush=True)
 
