@@ -510,8 +510,6 @@ def report_line(run: Run, r: dict | None) -> str:
         state = f"trained {r['train_seconds']:.0f} s + eval {r['eval_seconds']:.0f} s"
     else:
         state = "training cached; only the missing attacks evaluated"
-    if run.kind == "student":
-        return f"{run.config.method:>12} {run.config.student:>14} seed {run.config.seed}: {state}"
     return f"{run.name}: {state}"
 
 
