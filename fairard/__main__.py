@@ -192,7 +192,7 @@ def _study_setup(args):
         raise ValueError(f"unknown option(s) {unknown} for study {args.study}; valid: {', '.join(valid)}")
     store = getattr(args, "store", None)
     if store:
-        checks.check_output_dir(store, "--store")
+        checks.check_output_dir(store, "--store/--results")
     params = module.validate(**{k: v for k, v in vars(known).items() if v is not None},
                              results_dir=store, progress=not getattr(args, "quiet", True))
     checks.check_output_dir(results_dir(), "the results store ($FAIRARD_RESULTS or data/results)")
@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="machine-readable: every run with id, key, status")
             continue
         p.add_argument("--executor", default="local", choices=["local", "slurm"])
-        p.add_argument("--jobs", type=int, default=None, help="local CPU workers (the cores split between them)")
+        p.add_argument("--jobs", type=int, default=None, help="local CPU workers, the cores split between them (on a GPU machine: --jobs-per-gpu)")
         p.add_argument("--gpus", default=None, help="local GPU workers on these GPUs, e.g. 0,1 (default: all visible)")
         p.add_argument("--jobs-per-gpu", type=int, default=1, help="runs sharing one GPU (local and slurm)")
         p.add_argument("--tasks", type=int, default=None, help="slurm: tasks of the array job (default 1)")

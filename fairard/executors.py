@@ -187,7 +187,8 @@ def _queue_failure(run: Run) -> dict | None:
 # ---- executors -----------------------------------------------------------------------------------------------
 def worker_slots(jobs: int | None = None, gpus=None, jobs_per_gpu: int = 1) -> list[dict]:
     """One dict per worker: device, CUDA_VISIBLE_DEVICES (GPU workers) and threads (the CPU's cores split
-    between the workers).  ``gpus`` None: every visible GPU (none: CPU workers, ``jobs`` of them, default 1)."""
+    between the workers).  ``gpus`` None: every visible GPU, ``jobs_per_gpu`` workers on each; without a GPU,
+    ``jobs`` CPU workers (default 1)."""
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     if isinstance(jobs_per_gpu, bool) or not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
@@ -323,9 +324,10 @@ def _slurm(pending, *, tasks: int = 1, partition: str | None = None, time_min: i
     submit(pending)
     ex = submitit.AutoExecutor(folder=str(folder or results_dir() / "slurm"), cluster=cluster)
     params = {"timeout_min": time_min, "nodes": 1, "tasks_per_node": 1}
-    if cluster != "local":
-        params.update(gpus_per_node=gpus_per_task, slurm_partition=partition) if partition else params.update(
-            gpus_per_node=gpus_per_task)
+    if cluster != "local":  # submitit's local cluster has no GPUs or partitions to ask for
+        params["gpus_per_node"] = gpus_per_task
+        if partition:
+            params["slurm_partition"] = partition
         if cpus_per_task:
             params["cpus_per_task"] = cpus_per_task
     ex.update_parameters(**params)
@@ -340,5 +342,5 @@ def _slurm(pending, *, tasks: int = 1, partition: str | None = None, time_min: i
         time.sleep(2.0)
     monitor.poll()
     for j in jobs:
-        if j.state not in ("COMPLETED", "FINISHED", "DONE") and j.exception() is not None:
+        if j.exception() is not None:  # the runs it left are reported as failed or not computed by the caller
             print(f"fairard: slurm task {j.job_id} failed: {j.exception()}", file=sys.stderr)

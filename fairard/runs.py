@@ -296,7 +296,7 @@ class Run:
     def compute(self, *, progress: bool = True) -> dict:
         """Train and/or evaluate; the caller holds the claim and the needs are finished."""
         if self.kind == "teacher":
-            train(self.config, self.folder(), progress=progress)
+            train(self.config, self.folder(), progress=progress, recover=True)
             return {"kind": "teacher", "checkpoint": str(self.output()), "from_cache": False, "trained": True}
         if self.kind == "student":
             return _train_and_evaluate(self.config, self.profile, self.settings, self.output(), progress)
@@ -447,7 +447,7 @@ def _train_and_evaluate(cfg: TrainConfig, p: Profile, settings: dict, target: Pa
                 except Exception as err:  # unreadable: rewritten from the checkpoint (train resumes, nothing redone)
                     quarantine(out / "final.pt", f"{type(err).__name__}: {err}")
             if "model" not in built:
-                built["model"] = train(cfg, out, progress=progress)
+                built["model"] = train(cfg, out, progress=progress, recover=True)
         return built["model"]
 
     if needs_training:

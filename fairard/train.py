@@ -196,8 +196,9 @@ def _all_reduce_mean_(tensors) -> None:
 class Trainer:
     """Builds the run from a TrainConfig and trains it; ``fit()`` resumes from ``out_dir`` if it can."""
 
-    def __init__(self, cfg: TrainConfig, out_dir, *, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, out_dir, *, progress: bool = True, recover: bool = False):
         self.cfg, self.out_dir, self.progress = cfg, Path(out_dir), progress
+        self.recover = recover  # an unreadable checkpoint: moved aside and recomputed (the store) instead of an error
         self.rank, self.world = _dist_info()
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda" and self.world > 1:
@@ -359,13 +360,15 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
 
     def resume(self) -> bool:
-        """Continue from ``checkpoint.pt`` if there is one; an unreadable one is moved aside (and reported)
-        and the run starts over."""
+        """Continue from ``checkpoint.pt`` if there is one.  An unreadable one raises ``CheckpointError``
+        naming it, or with ``recover`` is moved aside (and reported) and the run starts over."""
         if not self.checkpoint_path.exists():
             return False
         try:
             state = read_checkpoint(self.checkpoint_path, map_location=self.device)
-        except CheckpointError as err:  # truncated/empty/garbage: reported and moved aside; the run starts over
+        except CheckpointError as err:  # truncated/empty/garbage
+            if not self.recover:
+                raise
             quarantine(self.checkpoint_path, str(err))
             return False
         self.load_state_dict(state)
@@ -588,15 +591,18 @@ class Trainer:
         return self.fawa if self.fawa is not None else self.student.state_dict()
 
 
-def train(cfg: TrainConfig, out_dir, *, resume: bool = True, progress: bool = True):
-    """Train (or resume, or load if finished) the run of ``cfg`` in ``out_dir``; returns the model in eval mode."""
-    trainer = Trainer(cfg, out_dir, progress=progress)
+def train(cfg: TrainConfig, out_dir, *, resume: bool = True, progress: bool = True, recover: bool = False):
+    """Train (or resume, or load if finished) the run of ``cfg`` in ``out_dir``; returns the model in eval mode.
+    ``recover`` (the result store): an unreadable checkpoint is moved aside and recomputed, not an error."""
+    trainer = Trainer(cfg, out_dir, progress=progress, recover=recover)
     final = Path(out_dir) / "final.pt"
     if resume and final.exists() and trainer.resume() and trainer.start_epoch >= trainer.epochs:
         try:
             trainer.student.load_state_dict(read_checkpoint(final, map_location=trainer.device))
             return trainer.student.eval()
         except CheckpointError as err:  # unreadable: rewritten below from the finished checkpoint, nothing retrained
+            if not recover:
+                raise
             quarantine(final, str(err))
     trainer.fit(resume=resume)
     trainer.student.load_state_dict(trainer.final_state_dict())
