@@ -10,7 +10,9 @@ Three steps, each skipped when its inputs have not changed:
    their files are copied into ``_vendor/``, which ``_ext/fairard_book.py`` serves as static files,
    so the built book loads nothing from a CDN.
 2. **Execute** (``executed/``, git-ignored): papermill runs every ``notebooks/*.ipynb`` with
-   ``-p profile PROFILE`` (and ``-p progress False`` where the notebook has that parameter).  A notebook is re-executed only when its stamp changes: the hash of the
+   ``-p profile PROFILE`` (and ``-p progress False`` where the notebook has that parameter); its
+   injected-parameters cell is folded like the notebook's own code cells (``hide-input``).  A
+   notebook is re-executed only when its stamp changes: the hash of the
    notebook source, of the ``fairard`` package sources and of the profile.  Training inside a
    notebook goes through the config-hashed result cache (``$FAIRARD_RESULTS``), so even a
    re-execution retrains nothing that is already cached.
@@ -148,6 +150,19 @@ def book_parameters(src: Path, profile: str, overrides: dict | None = None) -> d
     return params
 
 
+def fold_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected-parameters cell ``hide-input`` like every other code cell of the
+    notebooks, so the book shows it behind a toggle (papermill adds it untagged but for its own tag)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            cell.metadata["tags"] = [*tags, "hide-input"]
+    nbformat.write(nb, path)
+
+
 def execute(notebooks: Path, executed: Path, profile: str, *, force: bool, listed: list[str],
             overrides: dict | None = None) -> list[str]:
     """papermill every notebook whose stamp changed; returns the names that failed."""
@@ -187,6 +202,7 @@ def execute(notebooks: Path, executed: Path, profile: str, *, force: bool, liste
             log(f"{src.name}: FAILED after {time.perf_counter() - t0:.0f} s: {str(err).strip().splitlines()[-1]}")
             failed.append(src.name)
             continue
+        fold_injected_parameters(dst)
         stamp_path.write_text(json.dumps({**stamp, "seconds": round(time.perf_counter() - t0, 1),
                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                           "commit": commit}, indent=1) + "\n")

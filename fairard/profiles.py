@@ -339,13 +339,16 @@ def check_fair_method(method: str) -> str:
 
 
 def dataset_note(dataset: str) -> str:
-    """Where the data came from, for captions: the in-house copy is a lossy JPEG-derived CIFAR-10."""
+    """Where the data came from, for captions: the in-house copy is a lossy JPEG-derived CIFAR-10.
+
+    The folder is named as ``$FAIRARD_DATA``, never by its absolute path: the note is printed in
+    notebooks and the book, which must not show the build machine's file system."""
     root = D.data_root()
     if dataset == "cifar10" and (root / dataset / "train.npz").exists() and not (root / "cifar-10-batches-py").exists():
-        return f"{dataset} from {root}/{dataset}/*.npz (in-house runs: a lossy JPEG-derived CIFAR-10 copy)"
+        return f"{dataset} from $FAIRARD_DATA/{dataset}/*.npz (in-house runs: a lossy JPEG-derived CIFAR-10 copy)"
     if (root / dataset / "train.npz").exists():
-        return f"{dataset} from {root}/{dataset}/*.npz"
-    return f"{dataset} (its own layout under {root}: fairard.data.load_split)"
+        return f"{dataset} from $FAIRARD_DATA/{dataset}/*.npz"
+    return f"{dataset} (its own layout under $FAIRARD_DATA: fairard.data.load_split)"
 
 
 def dataset_label(note: str) -> str:

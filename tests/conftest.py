@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,12 @@ def synthetic_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def nb_env(tmp_path_factory):
     """One data folder and one results cache for every notebook of the session (the notebook tests
-    and the book test share it, so a test session trains each smoke run once)."""
-    data = shared_data_root() or write_synthetic_cifar(tmp_path_factory.mktemp("nb-data"), n_train=24, n_test=8)
+    and the book test share it, so a test session trains each smoke run once).
+
+    The data is always the tiny synthetic stand-in, even where the in-house CIFAR-10 copy exists:
+    smoke runs read 20 images per class, and loading the real training file decompresses all 150 MB
+    of it in every kernel."""
+    data = write_synthetic_cifar(tmp_path_factory.mktemp("nb-data"), n_train=24, n_test=8)
     results = tmp_path_factory.mktemp("nb-results")
     mp = pytest.MonkeyPatch()
     mp.setenv("FAIRARD_DATA", str(data))
@@ -80,3 +85,51 @@ def nb_env(tmp_path_factory):
     mp.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is as fast, and far faster on a shared CPU
     yield results
     mp.undo()
+
+
+# The book test's staged build (book/build.py --out); the session's executed notebooks go into its
+# executed/ folder, where the build finds them up to date.
+BOOK_STAGE = REPO / "book" / "_build" / "test-smoke"
+# The book extra (pyproject's `book`): the notebooks must run without it (`pip install -e .` only).
+BOOK_EXTRA_MODULES = ("myst_nb", "jupyter_book", "myst_parser", "sphinx")
+
+
+def book_build_module():
+    """book/build.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fairard_book_build", REPO / "book" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def hide_modules(folder: Path, names=BOOK_EXTRA_MODULES) -> Path:
+    """A folder that, first on PYTHONPATH, makes ``import <name>`` fail for each of ``names``."""
+    for name in names:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(
+            f"raise ImportError('{name} is hidden by the tests: the notebooks must run without the book extra')\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smoke_notebooks(nb_env, tmp_path_factory) -> dict:
+    """Every notebook executed ONCE per session, at ``-p profile smoke``, the way ``book/build.py``
+    executes it (same parameters and stamp), into the book test's staged ``executed/`` folder:
+    ``{notebook stem: executed notebook path}``.  The notebook tests read these copies and the book
+    test builds from them (its build finds every notebook up to date).
+
+    The kernels cannot import the book extra (myst-nb, jupyter-book, Sphinx): a notebook that needs
+    it fails here, and the book's strict build fails if a value glued without myst-nb cannot be read."""
+    build = book_build_module()
+    executed = BOOK_STAGE / "book" / "executed"
+    hidden = hide_modules(tmp_path_factory.mktemp("no-book-extra"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYTHONPATH", os.pathsep.join([str(hidden), str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    mp.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")  # kernel = this python
+    try:
+        build.execute(REPO / "notebooks", executed, "smoke", force=True, listed=build.toc_notebooks(REPO / "book"))
+    finally:
+        mp.undo()
+    return {p.stem: executed / p.name for p in sorted((REPO / "notebooks").glob("*.ipynb"))}

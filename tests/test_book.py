@@ -1,9 +1,10 @@
 """The Jupyter Book, checked like a reader would: a strict smoke build, then the pages in a browser.
 
 One session-scoped build (``book/build.py --profile smoke --strict``) into a staged copy under
-``book/_build/test-smoke/`` so it never overwrites the book you built at another profile. Its
-notebook stamps and result cache (``$FAIRARD_RESULTS``, default ``book/_build/test-smoke/results``)
-persist, so a second session re-executes nothing and the build takes seconds.
+``book/_build/test-smoke/`` so it never overwrites the book you built at another profile. It executes
+no notebook itself: conftest's ``smoke_notebooks`` has executed each one once for the whole session
+(the notebook tests read the same copies), in kernels without the book extra, into the staged
+``executed/`` folder, where the build finds them up to date.
 
 The browser checks open the built index, main-results and weighting-explorer pages in headless
 Chromium (Debian package ``chromium``; ``make book-browser`` installs it) with every host name
@@ -21,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, shared_data_root
+from conftest import BOOK_STAGE, REPO
 
 pytestmark = pytest.mark.slow
 
-STAGE = REPO / "book" / "_build" / "test-smoke"
+STAGE = BOOK_STAGE
 HTML = STAGE / "book" / "_build" / "html"
 PAGES = {  # page -> (file, heading it must show)
     "index": ("index.html", "Fair-ARD, reproduced"),
@@ -39,37 +40,15 @@ REMOTE_ASSET = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*?\b(?:src|href)\
                           re.IGNORECASE)
 
 
-def _data_root() -> str | None:
-    shared = shared_data_root()
-    if shared:
-        return str(shared)
-    env = os.environ.get("FAIRARD_DATA")
-    if env and any((Path(env) / p).exists() for p in ("cifar-10-batches-py", "cifar10/test.npz")):
-        return env
-    return None
-
-
 @pytest.fixture(scope="session")
-def book_env(request) -> dict:
-    """Environment of the book build: data, results cache, threads.
+def book_env(smoke_notebooks) -> dict:
+    """Environment of the book build: conftest's ``nb_env`` (data, results cache, threads), in which
+    ``smoke_notebooks`` has executed every notebook once for the session into the staged book's
+    ``executed/`` folder; the build finds them all up to date and executes none itself."""
+    return dict(os.environ)
 
-    When conftest provides the notebook tests' session fixture ``nb_env`` (one data folder and one
-    smoke results cache for every notebook of the session), the book reuses it, so a test session
-    trains each smoke run once; otherwise the cache is ``$FAIRARD_RESULTS`` or a persistent folder
-    under ``book/_build/test-smoke/``."""
-    try:
-        request.getfixturevalue("nb_env")
-        return dict(os.environ)
-    except pytest.FixtureLookupError:
-        pass
-    data = _data_root()
-    if data is None:
-        pytest.skip("no CIFAR-10 copy found ($FAIRARD_DATA or ../shared/data): the book's notebooks need data")
-    env = dict(os.environ, FAIRARD_DATA=data)
-    env.setdefault("FAIRARD_RESULTS", str(STAGE / "results"))
-    env.setdefault("OMP_NUM_THREADS", "1")  # smoke models are tiny: one thread is as fast on a shared CPU
-    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    return env
+
+BUILD_LOG: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
@@ -77,18 +56,17 @@ def book_html(book_env) -> Path:
     """Build the book at the smoke profile, strictly, once per session; returns the HTML folder."""
     cmd = [sys.executable, str(REPO / "book" / "build.py"), "--profile", "smoke", "--strict", "--out", str(STAGE)]
     proc = subprocess.run(cmd, cwd=REPO, env=book_env, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
+    log = BUILD_LOG["smoke"] = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"strict smoke build failed ({' '.join(cmd)}):\n{log[-8000:]}"
     assert (HTML / "index.html").exists(), log[-4000:]
     return HTML
 
 
-def test_rebuild_with_nothing_changed_executes_nothing(book_html, book_env):
-    """A second build (same sources, profile and package) runs no notebook: every one is up to date."""
-    cmd = [sys.executable, str(REPO / "book" / "build.py"), "--profile", "smoke", "--strict", "--out", str(STAGE)]
-    proc = subprocess.run(cmd, cwd=REPO, env=book_env, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+def test_build_executes_no_notebook_that_is_up_to_date(book_html):
+    """The build runs no notebook whose source, package and profile are those of its executed copy: here
+    every one, since the session's ``smoke_notebooks`` executed them with the build's own ``execute``.
+    (Also what makes a second ``make book`` with nothing changed execute nothing.)"""
+    log = BUILD_LOG["smoke"]
     assert "executing with profile" not in log, log[-4000:]
     notebooks = sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
     assert sorted(re.findall(r"\[book\] ([\w-]+\.ipynb): up to date", log)) == notebooks, log[-4000:]
@@ -135,6 +113,74 @@ def test_result_chapters_state_provenance(book_html, book_env):
             assert "JPEG" in text, f"{nb.stem}: the executed page does not say the data is the JPEG-derived copy"
     index = re.sub(r"<[^>]+>", " ", (book_html / "index.html").read_text())
     assert "Profile:" in index and "smoke" in index and "commit" in index, "index lacks the build information"
+
+
+def _text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def _heading(html: str, words: str):
+    """The first <h2> whose text (section number included) contains ``words`` (any case)."""
+    return re.search(r"<h2[^>]*>(?:(?!</h2>).)*?" + re.escape(words), html, re.S | re.IGNORECASE)
+
+
+def _article(path: Path) -> str:
+    """The page's content (not the navigation and "on this page" sidebars)."""
+    html = path.read_text()
+    start = html.find("<article")
+    assert start >= 0, f"{path}: no <article>"
+    return html[start:html.rfind("</article>")]
+
+
+# myst-nb's toggle around a cell's source: <details class="... hide above-input"><summary>...</summary><div class="cell_input
+FOLDED_INPUT = re.compile(r'<details class="[^"]*\bhide above-input"[^>]*>\s*<summary[^>]*>(?:(?!</summary>).)*</summary>\s*'
+                          r'<div class="cell_input', re.S)
+
+
+@pytest.mark.parametrize("name", [p.stem for p in sorted((REPO / "notebooks").glob("*.ipynb"))])
+def test_result_pages_fold_code_and_the_profile_dump(book_html, name):
+    """A result page reads like the paper: every code cell's source (papermill's injected parameters
+    included) sits behind a closed toggle (myst-nb ``hide-input``), and so does the profile dump of the
+    setup cell (``hide-output``), so narrative, tables and figures are what a reader sees."""
+    html = (book_html / "executed" / f"{name}.html").read_text()
+    inputs = html.count('<div class="cell_input')
+    assert inputs and len(FOLDED_INPUT.findall(html)) == inputs, \
+        f"{name}: {inputs - len(FOLDED_INPUT.findall(html))} of {inputs} code cells show their source"
+    dump = html.find("n_per_class:")  # a line of the profile dump (Setup.describe)
+    assert dump > 0, f"{name}: the profile dump is missing"
+    opened = html.rfind("<details", 0, dump)
+    assert opened > 0 and html.find("</details>", opened, dump) < 0 and \
+        "hide below-input" in html[opened:html.find(">", opened)], f"{name}: the profile dump is not folded"
+
+
+@pytest.mark.parametrize("page", ["main_results", "inheritance"])
+def test_banked_gpu_results_come_first_with_their_caveats(book_html, page):
+    """Main results and Inheritance (the chapter page and the executed notebook) show the banked GPU
+    results before this build's run, named as the pipeline check, and the GPU section states its seed,
+    the lossy-copy note and the shortened schedule; the executed page's first figure is the GPU one."""
+    for file in (f"{page}.html", f"executed/{page}.html"):
+        html = _article(book_html / file)
+        gpu = _heading(html, "banked GPU results")
+        check = _heading(html, "This build")
+        assert gpu and check and gpu.start() < check.start(), \
+            f"{file}: the banked GPU results do not come before this build's run (the pipeline check)"
+        section = _text(html[gpu.start():check.start()])
+        for needed in ("seed", "lossy JPEG-derived", "200"):
+            assert needed in section, f"{file}: the GPU section does not state {needed!r}"
+        assert "pipeline check" in _text(html[check.start():check.start() + 2000]), \
+            f"{file}: this build's run is not presented as the pipeline check"
+        if file.startswith("executed/"):
+            first_image = html.find('src="../_images/')
+            assert gpu.start() < first_image < check.start(), f"{file}: the first figure is not the banked GPU one"
+
+
+def test_no_page_prints_the_build_machines_data_or_results_path(book_html, book_env):
+    """The data note and captions name ``$FAIRARD_DATA``, never the absolute folder of the machine that
+    built the book (nor its results cache)."""
+    paths = [str(Path(book_env[v]).resolve()) for v in ("FAIRARD_DATA", "FAIRARD_RESULTS")]
+    offenders = [f"{p.relative_to(book_html)}: {path}" for p in sorted(book_html.rglob("*.html"))
+                 for path in paths if path in p.read_text(errors="replace")]
+    assert not offenders, "pages print the build machine's folders:\n" + "\n".join(offenders[:20])
 
 
 def test_api_reference_documents_the_package(book_html):
@@ -195,6 +241,14 @@ def test_pages_render_headings(rendered):
 def test_main_results_show_a_figure(rendered):
     images = re.findall(r"<img\b[^>]*\bsrc=\"([^\"]+)\"", rendered["main_results"])
     assert any("_images/" in src for src in images), f"no notebook figure on the main-results page: {images}"
+
+
+def test_code_toggles_render_closed_offline(rendered):
+    """In the browser, offline, the main-results page's code sits in closed toggles with their labels."""
+    dom = rendered["main_results"]
+    toggles = re.findall(r"<details\b[^>]*\bhide\b[^>]*>", dom)
+    assert len(toggles) >= 5 and "Show code cell source" in dom, "no code toggles on the main-results page"
+    assert not [t for t in toggles if re.search(r"\bopen\b", t)], "a code toggle renders open"
 
 
 def test_maths_is_rendered_by_mathjax(rendered):
