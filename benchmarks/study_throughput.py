@@ -16,7 +16,6 @@ a GPU's (goal: >= 4x the one-at-a-time throughput on one H200 for batch-128 ResN
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from _common import environment, format_table, print_environment  # noqa: E402
 
 from fairard.models import build_model  # noqa: E402
 from fairard.train import TrainConfig, Trainer  # noqa: E402
+from fairard.utils import write_json  # noqa: E402
 
 
 def _config(args, teacher: str, seed: int) -> TrainConfig:
@@ -86,7 +86,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--data-root", default=None)
     p.add_argument("--quick", action="store_true", help="resnet8 students, 20 images per class, 2-step attack, "
                                                         "concurrency 1,2: a check that it runs, not a measurement")
-    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--json", dest="out", default=None, metavar="OUT", help="also write the results to this JSON file (atomically)")
     args = p.parse_args(argv)
     if args.quick:
         args.student, args.teacher, args.n_per_class, args.attack_steps, args.epochs = "resnet8", "resnet8", 20, 2, 1
@@ -108,7 +108,8 @@ def main(argv=None) -> list[dict]:
                               ("wall_s", "wall s", ".1f"), ("run_epochs_per_hour", "run-epochs/h", ".1f"),
                               ("speedup", "vs 1 at a time", ".2f")]))
     if args.out:
-        Path(args.out).write_text(json.dumps({"environment": env, "settings": vars(args), "rows": rows}, indent=1) + "\n")
+        write_json(args.out, {"kind": "study_throughput", "environment": env, "settings": vars(args), "rows": rows})
+        print(f"\nwrote {args.out}")
     return rows
 
 
