@@ -192,8 +192,9 @@ class FairWeighting:
         """Recompute the weights from this epoch's statistics (all-reduced first); returns them."""
         stats.all_reduce()
         easiness = stats.easiness(self.measure).to(self.weights.device)
-        self.weights = class_weights(easiness, beta=self.beta, clamp=self.clamp, eps=self.eps)
-        return self.weights
+        # In place: a captured training step (fairard.graph_step) reads this very tensor at every replay.
+        self.weights.copy_(class_weights(easiness, beta=self.beta, clamp=self.clamp, eps=self.eps))
+        return self.weights.clone()
 
     def state_dict(self) -> dict:
         return {"weights": self.weights.clone(), "measure": self.measure}
@@ -204,4 +205,4 @@ class FairWeighting:
                              f"{self.measure!r}; use the same --measure to resume")
         if state["weights"].shape != self.weights.shape:
             raise ValueError(f"checkpoint has {state['weights'].numel()} class weights, expected {self.num_classes}")
-        self.weights = state["weights"].to(self.weights.device, self.weights.dtype).clone()
+        self.weights.copy_(state["weights"])

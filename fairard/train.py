@@ -49,6 +49,7 @@ SYNC_EVERY = 50  # steps between host syncs for the divergence check
 TRAINING_ARITHMETIC = 2
 LR_SCHEDULES = ("step", "official_single_decay")
 AMP_MODES = ("auto", "bf16", "off")
+ENGINES = ("eager", "graph")  # graph: the whole training step replayed from a CUDA graph (fairard.graph_step)
 
 
 class TrainingDiverged(RuntimeError):
@@ -95,6 +96,7 @@ class TrainConfig:
     channels_last: bool | None = None             # None: on when amp is on
     pad_mode: str = "zeros"                       # crop padding: zeros (torchvision/official) or reflect
     monitor_n: int = 500                          # held-out test images for the per-epoch clean/PGD monitor
+    engine: str = "eager"                         # "graph" (CUDA): same arithmetic, replayed from a CUDA graph
 
     def __post_init__(self):
         checks.check_train_config(self)
@@ -102,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; valid: {', '.join(ENGINES)}")
 
     @property
     def base_method(self) -> str:
@@ -115,8 +119,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """Hash of the configuration; the device and the data root do not enter (amp does: it changes the numbers)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ("device", "data_root")}
+        """Hash of the configuration; the device, the data root and the engine do not enter (amp does: it changes
+        the numbers; the graph engine replays the eager step's kernels, tests/test_graph_step.py)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("device", "data_root", "engine")}
         d["training_arithmetic"] = TRAINING_ARITHMETIC
         revision = _method_revision(self.base_method)
         if revision:  # only methods whose recipe changed: every other cached run keeps its key
@@ -215,6 +220,9 @@ class Trainer:
         checks.check_model_kwargs(cfg.student, self.num_classes, cfg.student_kwargs, "student_kwargs (--student-kw)")
         if self.method.needs_teacher and cfg.teacher is not None:
             checks.check_model_kwargs(cfg.teacher, self.num_classes, cfg.teacher_kwargs, "teacher_kwargs (--teacher-kw)")
+        if cfg.engine == "graph":  # before any data or model is loaded: a CPU or an unsupported method fails at once
+            from .graph_step import check_graph_engine
+            check_graph_engine(cfg, self.device, self.world)
         od = self.method.optim.for_dataset(cfg.dataset)
         self.epochs = cfg.epochs if cfg.epochs is not None else od.epochs
         self.milestones = cfg.milestones if cfg.milestones is not None else od.milestones
@@ -242,6 +250,14 @@ class Trainer:
         self.weighting = (FairWeighting(self.num_classes, beta=cfg.beta, clamp=cfg.clamp, measure=cfg.difficulty,
                                         device=self.device) if cfg.fair else None)
         self.fawa = None  # CFA's fairness-aware weight average (a state_dict), if the method asks for it
+        # The epoch's per-class statistics and loss sum live in tensors reset each epoch, so that a captured
+        # step (graph engine) accumulates into the same memory at every replay.
+        self.stats = ClassStats(self.num_classes, self.device)
+        self.loss_sum = torch.zeros((), device=self.device)
+        self._step = self._train_step
+        if cfg.engine == "graph":
+            from .graph_step import StaticStep
+            self._step = StaticStep(self, capture=True)
         self.start_epoch = 0
         self.history: list[dict] = []
 
@@ -411,11 +427,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.method.begin_epoch(epoch, (lambda: self._validation_predictions(epoch)) if self.val is not None else None)
-        stats = ClassStats(self.num_classes, self.device)
+        stats, loss_sum = self.stats, self.loss_sum
+        stats.reset()
+        loss_sum.zero_()
         weights_used = self.weighting.weights.clone() if self.weighting else None
         self.train_loader.set_epoch(epoch)
         attack_gen = _seeded(self.cfg.seed, epoch, 1, self.device)
-        loss_sum = torch.zeros((), device=self.device)
         self.student.train()
         t0, seen, step = time.perf_counter(), 0, 0
         spec, probe = self._attack_spec()
@@ -429,29 +446,13 @@ class Trainer:
                 x, y = x[share], y[share]
                 x_start = None if x_start is None else x_start[share]
                 eps = eps[share] if torch.is_tensor(eps) else eps
-            with self._autocast():
-                f = Forward(self.student, x, y, teacher=self.teacher, nat_teacher=self.nat_teacher, epoch=epoch,
-                            num_classes=self.num_classes)
-                kappa = None
-                probe_x_adv = None
-                if spec is not None:
-                    f.x_adv, kappa = self._attack(f, x_start, eps, spec, probe)
-                    if probe:
-                        f.x_adv, probe_x_adv = None, f.x_adv
-                per_sample = self.method.per_sample_loss(f)
-                weighted = per_sample * self.weighting.sample_weights(y) if self.weighting is not None else per_sample
-                loss = weighted.mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _all_reduce_mean_([p.grad for p in self.student.parameters() if p.grad is not None])
-            self.optimizer.step()
-            self._record(stats, f, y, kappa, per_sample, probe_x_adv)
-            loss_sum += loss.detach().float()
+            self._step(x, y, x_start, eps, epoch)
             step += 1
             seen += len(y) * self.world
             if bar is not None:
                 bar.update(len(y) * self.world)
-            if step % SYNC_EVERY == 0 and not torch.isfinite(loss_sum):
+            # The graph engine never syncs the host inside an epoch; it checks at the epoch's end.
+            if step % SYNC_EVERY == 0 and self._step == self._train_step and not torch.isfinite(loss_sum):
                 self._diverged(epoch)
         if not torch.isfinite(loss_sum):
             self._diverged(epoch)
@@ -468,6 +469,30 @@ class Trainer:
             "next_class_weights": None if next_weights is None else next_weights.tolist(),
             "class_stats": stats.as_dict(),
         }
+
+    def _train_step(self, x, y, x_start, eps, epoch: int) -> None:
+        """One optimiser step on one batch: the training attack (with kappa), the method's per-sample loss
+        times the class weights, backward, step; per-class statistics and the loss sum accumulate on the
+        device (``self.stats``, ``self.loss_sum``). The graph engine captures exactly this call."""
+        spec, probe = self._attack_spec()
+        with self._autocast():
+            f = Forward(self.student, x, y, teacher=self.teacher, nat_teacher=self.nat_teacher, epoch=epoch,
+                        num_classes=self.num_classes)
+            kappa = None
+            probe_x_adv = None
+            if spec is not None:
+                f.x_adv, kappa = self._attack(f, x_start, eps, spec, probe)
+                if probe:
+                    f.x_adv, probe_x_adv = None, f.x_adv
+            per_sample = self.method.per_sample_loss(f)
+            weighted = per_sample * self.weighting.sample_weights(y) if self.weighting is not None else per_sample
+            loss = weighted.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _all_reduce_mean_([p.grad for p in self.student.parameters() if p.grad is not None])
+        self.optimizer.step()
+        self._record(self.stats, f, y, kappa, per_sample, probe_x_adv)
+        self.loss_sum += loss.detach().float()
 
     @torch.no_grad()
     def _record(self, stats: ClassStats, f: Forward, y, kappa, per_sample, probe_x_adv=None):
