@@ -1,11 +1,18 @@
-"""Training throughput (images/s) of Fair-ARD and Fair-RSLAD: fairard's Trainer against an
-official-style baseline, side by side in one run.
+"""Training throughput (images/s) of Fair-ARD and Fair-RSLAD: fairard's Trainer, eager and graph engines,
+against an official-style baseline, side by side in one run, for one or more teachers.
 
 Ours: ``fairard.train.Trainer`` (device-resident ``DeviceLoader`` with batched crop/flip, one PGD
 call that also counts kappa, vectorised per-sample loss times class weights, bf16 autocast +
-channels_last when ``amp=auto`` picks it). One warm-up epoch, then ``Trainer.train_epoch(epoch)`` is
-timed (``--repeats`` epochs, median; the implementations' epochs alternate, so that a shared
-machine's load hits them alike).
+channels_last when ``amp=auto`` picks it), with ``engine="eager"`` and, on CUDA, ``engine="graph"``
+(the step replayed from a CUDA graph, ``fairard.graph_step``). One warm-up epoch (for the graph engine it
+holds the eager warm-up steps and the capture), then ``Trainer.train_epoch(epoch)`` is timed
+(``--repeats`` epochs, median; the implementations' epochs alternate, so that a shared machine's load hits
+them alike).
+
+Arithmetic: the FLOPs of one training step are counted once per method and teacher
+(``torch.utils.flop_counter.FlopCounterMode`` around one eager step: every convolution and matrix product,
+forward and backward, attack included); each row then gives TFLOP/s and, on a GPU whose bf16 dense peak is
+known (``--peak-tflops``, default from the device name), the fraction of that peak.
 
 Baseline (``Baseline`` below, written for this benchmark after the structure of the official
 Fair-ARD / Fair-RSLAD scripts, not copied from them):
@@ -52,6 +59,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from _common import OtherLoad, environment, format_table, print_environment, sync, time_call
 from fairard import data as D
@@ -73,13 +82,20 @@ def parse_args(argv=None):
     p.add_argument("--methods", type=_csv, default=["fair-ard", "fair-rslad"], help="default: %(default)s")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     p.add_argument("--student", default=None, help="default: resnet20 on CPU, resnet18 on CUDA")
-    p.add_argument("--teacher", default=None, help="default: resnet56 on CPU, wrn-34-10 on CUDA")
+    p.add_argument("--teacher", type=_csv, default=None,
+                   help="one or more teachers, each timed on its own (default: resnet56 on CPU, wrn-34-10,resnet18 on CUDA)")
     p.add_argument("--n-per-class", type=int, default=None,
                    help="class-balanced training subset per class (default: 100 on CPU, all on CUDA; --quick: 52 / 200)")
     p.add_argument("--batch-size", type=int, default=128, help="default: %(default)s (official)")
-    p.add_argument("--amp", type=_csv, default=["auto", "off"],
-                   help="fairard amp modes to time, among auto, bf16, off (default: auto,off; off shows what "
-                        "the structure alone buys)")
+    p.add_argument("--amp", type=_csv, default=None,
+                   help="fairard amp modes to time, among auto, bf16, off (default: auto,off on CPU, where off shows "
+                        "what the structure alone buys; auto on CUDA)")
+    p.add_argument("--engines", type=_csv, default=None,
+                   help="fairard engines to time, among eager, graph (default: eager, plus graph on CUDA; graph "
+                        "needs CUDA and is reported as not measured elsewhere)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense bf16 peak in TFLOP/s for the fraction-of-peak column (default: 989 for "
+                        "an H100 or H200, none otherwise)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed epochs per implementation, median (default: 3; 1 for a full CUDA epoch)")
     p.add_argument("--workers", type=int, default=None,
@@ -95,7 +111,12 @@ def parse_args(argv=None):
     args.device = str(resolve_device(args.device))
     cuda = args.device.startswith("cuda")
     args.student = args.student or ("resnet18" if cuda else "resnet20")
-    args.teacher = args.teacher or ("wrn-34-10" if cuda else "resnet56")
+    args.teacher = args.teacher or (["wrn-34-10", "resnet18"] if cuda else ["resnet56"])
+    args.amp = args.amp or (["auto"] if cuda else ["auto", "off"])
+    args.engines = args.engines or (["eager", "graph"] if cuda else ["eager"])
+    if args.peak_tflops is None and cuda:
+        name = torch.cuda.get_device_name(torch.device(args.device))
+        args.peak_tflops = 989.0 if any(g in name for g in ("H100", "H200")) else None  # dense bf16, SXM spec
     if args.n_per_class is None:
         args.n_per_class = (200 if cuda else 52) if args.quick else (None if cuda else 100)
     if args.repeats is None:
@@ -103,6 +124,9 @@ def parse_args(argv=None):
     unknown_amp = sorted(set(args.amp) - {"auto", "bf16", "off"})
     if unknown_amp:
         p.error(f"unknown amp mode(s) {unknown_amp}; valid: auto, bf16, off")
+    unknown_engines = sorted(set(args.engines) - {"eager", "graph"})
+    if unknown_engines:
+        p.error(f"unknown engine(s) {unknown_engines}; valid: eager, graph")
     if args.workers is None:
         args.workers = min(4, os.cpu_count() or 1)
     for m in args.methods:
@@ -260,21 +284,56 @@ class Runner:
     batch: int
     warmup: Callable[[], object]
     epoch: Callable[[], object]
+    trainer: Trainer | None = None
 
 
-def ours(args, method: str, amp: str, teacher_path: Path, folder: Path) -> Runner:
-    cfg = TrainConfig(method=method, student=args.student, teacher=args.teacher, teacher_checkpoint=str(teacher_path),
+def ours(args, method: str, amp: str, engine: str, teacher: str, teacher_path: Path, folder: Path) -> Runner:
+    cfg = TrainConfig(method=method, student=args.student, teacher=teacher, teacher_checkpoint=str(teacher_path),
                       n_per_class=args.n_per_class, batch_size=args.batch_size, amp=amp, device=args.device,
-                      data_root=args.data_root, monitor_n=0, seed=0)
-    trainer = Trainer(cfg, folder / f"run_{method}_{amp}", progress=False)
+                      data_root=args.data_root, monitor_n=0, seed=0, engine=engine)
+    trainer = Trainer(cfg, folder / f"run_{method}_{amp}_{engine}_{teacher}", progress=False)
     epochs = itertools.count(1)
-    label = f"fairard amp={amp} ({'bf16' if trainer.amp else 'fp32'}{', channels_last' if trainer.channels_last else ''})"
+    label = (f"fairard {engine} amp={amp} ({'bf16' if trainer.amp else 'fp32'}"
+             f"{', channels_last' if trainer.channels_last else ''})")
     return Runner(method, label, trainer.train_loader.num_samples // args.batch_size * args.batch_size,
                   trainer.batch_size, warmup=lambda: trainer.train_epoch(0),  # a whole epoch: first calls, allocator
-                  epoch=lambda: trainer.train_epoch(next(epochs)))
+                  epoch=lambda: trainer.train_epoch(next(epochs)), trainer=trainer)
 
 
-def baseline(args, method: str, teacher_path: Path) -> Runner:
+class _FlopCount(TorchDispatchMode):
+    """Sums torch's registered FLOP formulas (convolutions and matrix products, forward and backward) of every
+    op run inside. ``FlopCounterMode`` itself cannot be used: its module hooks refuse ``autograd.grad`` with
+    respect to a leaf input, which is what PGD computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def step_flops(trainer: Trainer) -> int:
+    """FLOPs of one training step of ``trainer`` (one eager step on its first batch; ``_FlopCount``)."""
+    from fairard.attacks import as_radius, start_point
+
+    trainer.train_loader.set_epoch(0)
+    x, y, _ = next(iter(trainer.train_loader))
+    spec, probe = trainer._attack_spec()
+    eps = spec.eps if probe else trainer.method.attack_eps(y, 0)
+    x_start = start_point(x, as_radius(eps, x), spec.random_start, torch.Generator(x.device).manual_seed(0))
+    counter = _FlopCount()
+    with counter:
+        trainer._train_step(x, y, x_start, eps, 0)
+    return counter.total
+
+
+def baseline(args, method: str, teacher: str, teacher_path: Path) -> Runner:
     device = torch.device(args.device)
     x, y = D.load_split("cifar10", "train", args.data_root)
     if args.n_per_class:
@@ -282,12 +341,12 @@ def baseline(args, method: str, teacher_path: Path) -> Runner:
         x, y = x[idx], y[idx]
     torch.manual_seed(0)
     student = build_model(args.student, 10).to(device)
-    teacher = build_model(args.teacher, 10)
-    teacher.load_state_dict(torch.load(teacher_path, map_location="cpu", weights_only=True))
-    teacher = teacher.to(device).eval()
-    for p in teacher.parameters():
+    frozen = build_model(teacher, 10)
+    frozen.load_state_dict(torch.load(teacher_path, map_location="cpu", weights_only=True))
+    frozen = frozen.to(device).eval()
+    for p in frozen.parameters():
         p.requires_grad_(False)
-    base = Baseline(method, student, teacher, x, y, batch_size=args.batch_size, workers=args.workers, device=device)
+    base = Baseline(method, student, frozen, x, y, batch_size=args.batch_size, workers=args.workers, device=device)
     return Runner(method, f"baseline (fp32, DataLoader x{args.workers} workers, loops)",
                   base.batches_per_epoch * args.batch_size, args.batch_size,
                   warmup=lambda: base.run(max_batches=args.baseline_warmup), epoch=base.run)
@@ -312,6 +371,14 @@ def _row(method, implementation, images, seconds, batch, warmup_s) -> dict:
             "s_per_50k_epoch": FULL_EPOCH * median / images}
 
 
+def add_arithmetic(row: dict, flops_per_image: float, peak_tflops: float | None) -> dict:
+    """TFLOP/s of a row from the counted FLOPs per image, and its fraction of the device's bf16 peak."""
+    tflops = flops_per_image * row["img_per_s"] / 1e12
+    row.update(flops_per_image=flops_per_image, tflops=tflops,
+               peak_fraction=None if peak_tflops is None else tflops / peak_tflops)
+    return row
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.cudnn_benchmark:
@@ -319,40 +386,51 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     env = environment([device])
     print_environment(env)
-    print(f"# student {args.student}, teacher {args.teacher} (random weights), batch {args.batch_size}, "
+    print(f"# student {args.student}, teacher(s) {', '.join(args.teacher)} (random weights), batch {args.batch_size}, "
           f"{'all' if args.n_per_class is None else args.n_per_class} images per class, device {device}")
+    engines = [e for e in args.engines if e == "eager" or device.type == "cuda"]
+    not_measured = [f"fairard {e}: not measured (needs a CUDA GPU)" for e in args.engines if e not in engines]
     load = OtherLoad()
     rows = []
     with tempfile.TemporaryDirectory(prefix="fairard_bench_") as tmp:
         folder = Path(tmp)
-        teacher_path = _teacher_file(args.teacher, folder)
-        for method in args.methods:
-            runners = [ours(args, method, amp, teacher_path, folder) for amp in args.amp]
-            if not args.no_baseline:
-                runners.append(baseline(args, method, teacher_path))
-            for row in measure(runners, device, args.repeats):
-                rows.append(row)
-                _progress(row)
-    print(f"\nTraining throughput, {device}, {args.student} student / {args.teacher} teacher, PGD-{STEPS} attack")
-    print(format_table(rows, [("method", "method", "s"), ("implementation", "implementation", "s"),
-                              ("images", "images", "d"), ("img_per_s", "img/s", ".2f"),
-                              ("best_img_per_s", "best img/s", ".2f"),
-                              ("median_s", "s timed", ".2f"), ("s_per_50k_epoch", "s / 50k epoch", ".1f")]))
+        for teacher in args.teacher:
+            teacher_path = _teacher_file(teacher, folder)
+            for method in args.methods:
+                runners = [ours(args, method, amp, engine, teacher, teacher_path, folder)
+                           for amp in args.amp for engine in engines]
+                if not args.no_baseline:
+                    runners.append(baseline(args, method, teacher, teacher_path))
+                flops = step_flops(ours(args, method, args.amp[0], "eager", teacher, teacher_path, folder).trainer)
+                for row in measure(runners, device, args.repeats):
+                    rows.append(add_arithmetic({"teacher": teacher, **row}, flops / args.batch_size, args.peak_tflops))
+                    _progress(row)
+    print(f"\nTraining throughput, {device}, {args.student} student, PGD-{STEPS} attack, batch {args.batch_size}")
+    peak = f" of {args.peak_tflops:.0f}" if args.peak_tflops else ""
+    print(format_table(rows, [("teacher", "teacher", "s"), ("method", "method", "s"),
+                              ("implementation", "implementation", "s"), ("images", "images", "d"),
+                              ("img_per_s", "img/s", ".2f"), ("best_img_per_s", "best img/s", ".2f"),
+                              ("median_s", "s timed", ".2f"), ("s_per_50k_epoch", "s / 50k epoch", ".1f"),
+                              ("tflops", "TFLOP/s", ".2f")]
+                       + ([("peak_fraction", f"share{peak} bf16 peak", ".1%")] if args.peak_tflops else [])))
+    for line in not_measured:
+        print(line)
     ratios = []
-    for method in args.methods:
-        base = next((r for r in rows if r["method"] == method and r["implementation"].startswith("baseline")), None)
-        for r in rows:
-            if base is not None and r["method"] == method and r is not base:
-                ratios.append({"method": method, "implementation": r["implementation"],
-                               "speedup": r["img_per_s"] / base["img_per_s"]})
+    for teacher in args.teacher:
+        for method in args.methods:
+            group = [r for r in rows if r["method"] == method and r["teacher"] == teacher]
+            base = next((r for r in group if r["implementation"].startswith("baseline")), None)
+            ratios += [{"teacher": teacher, "method": method, "implementation": r["implementation"],
+                        "speedup": r["img_per_s"] / base["img_per_s"]} for r in group if base is not None and r is not base]
     if ratios:
         print("\nSpeed-up over the baseline (img/s ours / img/s baseline)")
-        print(format_table(ratios, [("method", "method", "s"), ("implementation", "implementation", "s"),
-                                    ("speedup", "speed-up", ".2f")]))
+        print(format_table(ratios, [("teacher", "teacher", "s"), ("method", "method", "s"),
+                                    ("implementation", "implementation", "s"), ("speedup", "speed-up", ".2f")]))
     contention = load.print_report()
     if args.json:
         write_json(args.json, {"kind": "train_throughput", "args": vars(args), "environment": env,
-                               "contention": contention, "results": rows, "speedups": ratios})
+                               "contention": contention, "results": rows, "speedups": ratios,
+                               "not_measured": not_measured})
         print(f"\nwrote {args.json}")
     return 0
 

@@ -80,7 +80,7 @@ def _train_config(args, method: str, student: str):
         attack_steps=args.attack_steps, method_options=checks.check_options(args.option, "--option"),
         student_kwargs=checks.check_options(args.student_kw, "--student-kw"),
         teacher_kwargs=checks.check_options(getattr(args, "teacher_kw", None), "--teacher-kw"),
-        seed=args.seed, device=args.device, amp=args.amp, monitor_n=args.monitor_n)
+        seed=args.seed, device=args.device, amp=args.amp, monitor_n=args.monitor_n, engine=args.engine)
 
 
 def _run_training(cfg, out: Path, resume: bool) -> int:
@@ -327,6 +327,8 @@ def _add_common(p, *, train: bool):
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. tau=30")
     p.add_argument("--student-kw", action="append", metavar="KEY=VALUE", help="model kwarg, e.g. width=32")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])
+    p.add_argument("--engine", default="eager", choices=["eager", "graph"],
+                   help="graph (CUDA): the training step replayed from a CUDA graph; same weights as eager")
     p.add_argument("--monitor-n", type=arg(checks.check_int, 0), default=500,
                    help="test images for the per-epoch clean/PGD monitor (0: off)")
 
