@@ -153,7 +153,7 @@ class StaticStep:
         """Record the step (capture executes nothing; the caller replays it for the current batch)."""
         self.graph = None  # the previous learning rate's graph and its memory pool go first
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph):
             self._run(eps, epoch)
         self.graph, self.key = graph, key
         self.captures += 1

@@ -81,7 +81,11 @@ def quarantine(path, reason: str) -> Path:
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """Commit hash of the fairard checkout, with '-dirty' if it has uncommitted changes."""
+    """Commit hash of the fairard checkout, with '-dirty' if it has uncommitted changes. ``$FAIRARD_COMMIT``, when
+    set, is taken as is: a copy of the tree sent to a lent GPU carries no (or another checkout's) ``.git``, so
+    ``benchmarks/gpu_session.py`` records the commit where the copy was made."""
+    if os.environ.get("FAIRARD_COMMIT"):
+        return os.environ["FAIRARD_COMMIT"]
     cwd = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,

@@ -40,11 +40,16 @@ def _cfg(root, teacher, method, **kw):
 def _train(cfg, out, capture=None):
     """A fitted Trainer; ``capture`` False/True swaps in the static step uncaptured/captured."""
     trainer = Trainer(cfg, out, progress=False)
-    if trainer.device.type == "cuda":  # deterministic kernels, so that any difference is the engine's
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     if capture is not None:
         trainer._step = StaticStep(trainer, capture=capture)
-    trainer.fit(resume=False)
+    cudnn = torch.backends.cudnn
+    saved = cudnn.benchmark, cudnn.deterministic
+    if trainer.device.type == "cuda":  # deterministic convolutions, so that a difference is the engine's
+        cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        trainer.fit(resume=False)
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved
     return trainer
 
 
@@ -59,8 +64,13 @@ def _same_training(a: Trainer, b: Trainer) -> None:
     assert all(torch.equal(sa[k], sb[k]) for k in sa), "weights differ"
     for ha, hb in zip(a.history, b.history, strict=True):
         assert ha["loss"] == hb["loss"]
-        assert ha["class_stats"] == hb["class_stats"]  # kappa, robust/clean accuracy, loss per class
         assert ha["class_weights"] == hb["class_weights"] and ha["next_class_weights"] == hb["next_class_weights"]
+        if a.device.type == "cpu":
+            assert ha["class_stats"] == hb["class_stats"]  # kappa, robust/clean accuracy, loss per class
+        else:  # CUDA's index_add_ sums floats in any order: counts are exact, the loss sums to rounding
+            for name, values in ha["class_stats"].items():
+                exact = name != "adv_loss"
+                assert hb["class_stats"][name] == (values if exact else pytest.approx(values, rel=1e-5)), name
 
 
 @pytest.mark.parametrize("method,amp", [(m, "bf16") for m in METHODS] + [("fair-rslad", "off")])
