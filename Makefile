@@ -19,7 +19,8 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -q tests
 
-# The main job: notebooks/main_results.ipynb on its defaults (the quick profile; a GPU if there is one),
+# The main job: notebooks/main_results.ipynb on its defaults (profile auto: gpu where a CUDA GPU is visible,
+# else quick),
 # executed by papermill; results cached under data/results/ (re-running reuses them). --log-output streams
 # the notebook's output to the terminal: a line per run (trained/cached, done/total, ETA) and per epoch (img/s).
 MAIN_OUT ?= data/results/main_results.ipynb

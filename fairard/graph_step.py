@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["GRAPH_METHODS", "WARMUP_STEPS", "check_graph_engine", "cast_frozen_to_bf16", "StaticStep"]
+__all__ = ["GRAPH_METHODS", "WARMUP_STEPS", "check_graph_engine", "engine_for", "cast_frozen_to_bf16", "StaticStep"]
 
 # Methods whose step has no host-side control flow that depends on data or on the epoch (IAD and CFA switch
 # terms on at an epoch, CFA's radius is per sample, KDIGA differentiates fp32 input gradients of the teacher).
@@ -62,6 +62,13 @@ def check_graph_engine(cfg, device: torch.device, world: int) -> None:
         raise ValueError(f"engine 'graph' does not support method {cfg.method!r} (its step branches on the epoch or "
                          f"on data); supported: {', '.join(GRAPH_METHODS)} and their fair- versions. "
                          f"Use --engine eager")
+
+
+def engine_for(requested: str, method: str) -> str:
+    """The engine a run of ``method`` uses when a profile asks for ``requested``: a method the graph cannot capture
+    runs eager (the engine is not part of the run key: both give the same weights)."""
+    base = method[5:] if method.startswith("fair-") else method
+    return requested if base in GRAPH_METHODS else "eager"
 
 
 @torch.no_grad()

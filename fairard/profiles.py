@@ -72,6 +72,7 @@ class Profile:
     device: str = "auto"
     ladder: tuple = ("resnet20", "resnet56", "mobilenet_v2", "resnet18")  # capacity_gap: students, small to large
     method_overrides: dict = field(default_factory=dict)  # method name -> TrainConfig fields (paper-official's quirks)
+    engine: str = "eager"                    # graph (CUDA): steps replayed from a CUDA graph where the method allows
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -110,6 +111,16 @@ PROFILES: dict[str, Profile] = {
         seeds=(0, 1, 2), teacher="wrn-34-10", teacher_method="trades", students=("resnet18", "mobilenet_v2"),
         teacher_recipe=TRADES_SCRIPT_RECIPE, nat_teacher="wrn-34-10",
         ladder=("resnet20", "resnet56", "mobilenet_v2", "resnet18")),
+    "gpu": Profile(
+        name="gpu", description="one GPU (an H200) in about an hour with the graph engine: full CIFAR-10, a ResNet-18 "
+                                "TRADES teacher trained here (24 epochs), ResNet-18 students for 12 epochs (every "
+                                "schedule shortened proportionally), the headline pairs on 3 seeds; clean, FGSM, "
+                                "PGD-20 and CW on all 10,000 test images, AutoAttack on 20 per class. Sized from "
+                                "projections (graph engine <= 8 s per epoch, eager-only methods ~30 s), not yet "
+                                "timed on a GPU: see benchmarks/README.md",
+        aa_per_class=20, seeds=(0, 1, 2), teacher="resnet18", teacher_method="trades", teacher_epochs=24,
+        nat_teacher="resnet18", nat_teacher_epochs=8, students=("resnet18",), student_epochs=12, batch_size=128,
+        ladder=("resnet20", "resnet56", "mobilenet_v2", "resnet18"), engine="graph"),
 }
 # The paper profile with every official-code quirk switched on (book: the quirk table), so that a run reproduces
 # what the official scripts compute: the single lr decay of the ARD/IAD/KDIGA scripts, their unused clean
@@ -132,6 +143,15 @@ PROFILES["paper-official"] = dataclasses.replace(
                 "clean target, ABSLD's product temperature, the KDIGA fork's batch alignment and teacher on x' "
                 "for KDIGA-ARD) and the 10-step AutoAttack column (aa10) next to the standard one",
     attacks=("clean", "fgsm", "pgd20", "cw20", "aa", "aa10"), method_overrides=OFFICIAL_QUIRKS)
+ENGINES = ("eager", "graph")
+
+
+def default_profile() -> tuple[str, str]:
+    """The profile a notebook runs when it is given ``"auto"`` (its default), and why: ``gpu`` where a CUDA GPU
+    is visible, else ``quick``, the CPU profile."""
+    if torch.cuda.is_available():
+        return "gpu", f"a CUDA GPU is visible ({torch.cuda.get_device_name()})"
+    return "quick", "no CUDA GPU is visible (quick is the CPU profile)"
 
 
 _INT_FIELDS = ("n_per_class", "eval_per_class", "aa_per_class", "teacher_epochs", "nat_teacher_epochs",
@@ -198,6 +218,11 @@ def get_profile(name: str = "quick", **overrides) -> Profile:
     if profile.teacher_checkpoint and not Path(profile.teacher_checkpoint).expanduser().exists():
         raise ValueError(f"teacher_checkpoint {profile.teacher_checkpoint!r} does not exist")
     check_device(profile.device)
+    if profile.engine not in ENGINES:
+        raise ValueError(f"unknown engine {profile.engine!r}; valid: {', '.join(ENGINES)}")
+    if profile.engine == "graph" and (profile.device == "cpu" or not torch.cuda.is_available()):
+        raise ValueError(f"profile {name!r} trains with engine 'graph' (CUDA graphs) but no CUDA GPU is used here: "
+                         f"pick the CPU profile quick, or override engine to 'eager'")
     return profile
 
 
@@ -252,7 +277,8 @@ def validate(profile: str = "quick", methods=(), attacks=None, *, other_seeds=No
     ``overrides`` (a dict, or its JSON text as ``papermill -p`` passes it) replace the profile's value
     when not None.  ``other_seeds`` None means the first of the seeds.  ``focus`` is an attack that must be
     among the evaluated ones (a notebook's ``attack`` parameter).  ``results_dir`` (if given)
-    sets ``$FAIRARD_RESULTS`` for this process.  Anything unknown raises a ValueError that lists the
+    sets ``$FAIRARD_RESULTS`` for this process.  ``profile="auto"`` takes ``default_profile()`` (gpu where a CUDA
+    GPU is visible, else quick) and prints which and why.  Anything unknown raises a ValueError that lists the
     valid values."""
     if isinstance(overrides, str):
         try:
@@ -261,6 +287,9 @@ def validate(profile: str = "quick", methods=(), attacks=None, *, other_seeds=No
             raise ValueError(f"overrides: {overrides!r} is not a JSON object such as '{{\"student_epochs\": 10}}'") from None
     if overrides is not None and not isinstance(overrides, dict):
         raise ValueError(f"overrides must be a dict of profile fields, got {overrides!r}")
+    if profile == "auto":
+        profile, why = default_profile()
+        print(f"profile auto -> {profile}: {why}")
     p = get_profile(profile, attacks=attacks, **{**(overrides or {}), **profile_fields})
     methods = tuple(check_methods(_as_tuple(methods, "methods") or ()))
     other = _as_tuple(other_seeds, "other_seeds", int)

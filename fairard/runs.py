@@ -28,6 +28,7 @@ from . import data as D
 from .evaluate import EVAL_ATTACKS, EVALUATION_VERSION, check_attacks, evaluate, large_eps_accuracy, sanity_report
 from .methods import METHODS, parse_method_name
 from .models import build_model, load_checkpoint
+from .graph_step import engine_for
 from .profiles import BASE_METHODS, PROFILES, Profile, Setup, check_methods, dataset_label, dataset_note
 from .store import (CHECKPOINTS_READ, REPO, Claim, claim_holder, clean_temp_files, content_hash, data_fingerprint,
                     file_sha256, load_result, portable_path, read_json, read_log, result_file, results_dir, run_dir,
@@ -71,7 +72,8 @@ def teacher_config(p: Profile, *, role: str = "teacher", seed: int = 0, arch: st
     milestones, _ = _scaled_schedule(method, epochs)
     kwargs = dict(method=method, student=arch, dataset=p.dataset, n_per_class=p.n_per_class, epochs=epochs,
                   milestones=milestones, attack_steps=p.attack_steps, batch_size=p.batch_size, seed=seed,
-                  student_kwargs=dict(p.teacher_kwargs) if role == "teacher" else {}, device=p.device, monitor_n=0)
+                  student_kwargs=dict(p.teacher_kwargs) if role == "teacher" else {}, device=p.device, monitor_n=0,
+                  engine=engine_for(p.engine, method))
     if role == "teacher":  # the recipe's schedule gives way to an explicit teacher_epochs (scaled as above)
         drop = ("epochs", "milestones") if p.teacher_epochs is not None else ()
         kwargs.update({k: v for k, v in p.teacher_recipe.items() if k not in drop})
@@ -97,7 +99,7 @@ def student_config(p: Profile, method: str, *, student: str | None = None, seed:
     kwargs = dict(method=method, student=student or p.students[0], dataset=p.dataset, n_per_class=p.n_per_class,
                   epochs=p.student_epochs, milestones=milestones, attack_steps=p.attack_steps,
                   batch_size=p.batch_size, seed=seed, device=p.device, monitor_n=0,
-                  method_options=options)
+                  method_options=options, engine=engine_for(p.engine, method))
     if cls.needs_teacher:
         kwargs.update(teacher=p.teacher, teacher_checkpoint=teacher_checkpoint(p), teacher_kwargs=dict(p.teacher_kwargs))
     if getattr(cls, "needs_nat_teacher", False) or base == "mtard":
@@ -630,28 +632,47 @@ class Study:
         return " · ".join(parts) + " · run keys in the provenance table"
 
 
-def load_recorded(folder) -> Study:
-    """A results folder computed elsewhere (e.g. ``results/h100-2026-11-22``, from a lent GPU) read back
-    as a ``Study``: its finished runs and teacher evaluations, nothing trained or evaluated.  A relative
-    ``folder`` is looked up in the checkout first.  Unfinished runs (no ``result*.json``) are skipped."""
-    folder = Path(folder).expanduser()
-    if not folder.is_absolute() and (REPO / folder).exists():
-        folder = REPO / folder
-    results = [{**json.loads(f.read_text()), "from_cache": True} for f in sorted(folder.glob("runs/*/result*.json"))]
-    teachers = {}
-    for f in sorted(folder.glob("teacher-evals/*.json")) + sorted(folder.glob("teacher-evals/*/result*.json")):
-        t = json.loads(f.read_text())
-        teachers[t["student"]] = {**t, "from_cache": True}
-    if not results or not teachers:
-        raise ValueError(f"{folder} holds no finished run (runs/*/result*.json) with a teacher evaluation "
-                         f"(teacher-evals/); give the folder that fairard.runs wrote")
+def load_recorded(*folders) -> Study:
+    """Results folders computed elsewhere (e.g. ``results/h100-2026-11-22``, from a lent GPU) read back as one
+    ``Study``: their finished runs and teacher evaluations, nothing trained or evaluated.  A relative folder is
+    looked up in the checkout first.  Unfinished runs (no ``result*.json``) are skipped.
+
+    Several folders (several GPU windows, each with the teacher it trained) are several replicates: every
+    result and teacher evaluation carries ``window`` (its folder's name), the teachers are listed as
+    ``"<arch> (<window>)"`` when there is more than one window, and the windows must share their settings
+    (student epochs, subset, evaluation), else a ValueError names the ones that differ."""
+    if not folders:
+        raise ValueError("load_recorded needs at least one results folder")
+    results, teachers, settings = [], {}, {}
+    for folder in folders:
+        folder = Path(folder).expanduser()
+        if not folder.is_absolute() and (REPO / folder).exists():
+            folder = REPO / folder
+        window = folder.name
+        found = [{**json.loads(f.read_text()), "from_cache": True, "window": window}
+                 for f in sorted(folder.glob("runs/*/result*.json"))]
+        evals = [{**json.loads(f.read_text()), "from_cache": True, "window": window}
+                 for f in sorted(folder.glob("teacher-evals/*.json")) + sorted(folder.glob("teacher-evals/*/result*.json"))]
+        if not found or not evals:
+            raise ValueError(f"{folder} holds no finished run (runs/*/result*.json) with a teacher evaluation "
+                             f"(teacher-evals/); give the folder that fairard.runs wrote")
+        cfg = found[0]["config"]
+        settings[window] = (found[0]["profile"], cfg["epochs"], cfg["n_per_class"], cfg["teacher"],
+                            json.dumps(found[0]["eval_settings"], sort_keys=True))
+        results += found
+        for t in evals:
+            teachers[t["student"] if len(folders) == 1 else f"{t['student']} ({window})"] = t
+    if len(set(settings.values())) > 1:
+        raise ValueError(f"the windows {sorted(settings)} were run with different settings (profile, student epochs, "
+                         f"subset, teacher, evaluation): {settings}; read them one by one")
     first, cfg = results[0], results[0]["config"]
-    settings = first["eval_settings"]
+    eval_settings = first["eval_settings"]
     base = PROFILES[first["profile"]]
     methods = tuple(dict.fromkeys(r["method"] for r in results))
     values = {f.name: getattr(base, f.name) for f in fields(base)}
-    values.update(name=f"{base.name}, {cfg['epochs']} student epochs", attacks=tuple(settings["attacks"]),
-                  eval_per_class=settings["eval_per_class"], aa_per_class=settings["aa_per_class"],
+    windows = f", {len(folders)} windows" if len(folders) > 1 else ""
+    values.update(name=f"{base.name}, {cfg['epochs']} student epochs{windows}", attacks=tuple(eval_settings["attacks"]),
+                  eval_per_class=eval_settings["eval_per_class"], aa_per_class=eval_settings["aa_per_class"],
                   seeds=tuple(sorted({r["seed"] for r in results})), teacher=cfg["teacher"] or base.teacher,
                   students=tuple(dict.fromkeys(r["student"] for r in results)), n_per_class=cfg["n_per_class"],
                   student_epochs=cfg["epochs"])

@@ -6,12 +6,13 @@ from ..runs import Run, Study, collect_study, study_runs
 from . import grid_study
 
 
-def validate(profile: str = "quick", methods=MAIN_METHODS, headline=None, seeds=None, other_seeds=None,
+def validate(profile: str = "auto", methods=MAIN_METHODS, headline=None, seeds=None, other_seeds=None,
              attacks=None, students=None, dataset: str = "cifar10", device: str = "auto", results_dir=None,
              overrides=None, progress: bool = True) -> Setup:
     """Every parameter of main_results.ipynb in one call (``fairard.profiles.validate``). ``headline`` None:
     ard and rslad, each where both versions are among the methods; a headline method given explicitly must
-    have both versions among the methods."""
+    have both versions among the methods. The default profile "auto" is ``gpu`` where a CUDA GPU is visible,
+    else ``quick`` (``profiles.default_profile``)."""
     return validate_setup(profile, dataset=dataset, methods=methods, attacks=attacks, seeds=seeds,
                           other_seeds=other_seeds, headline=headline, students=students, device=device,
                           results_dir=results_dir, overrides=overrides, progress=progress)
