@@ -352,10 +352,19 @@ def baseline(args, method: str, teacher: str, teacher_path: Path) -> Runner:
                   warmup=lambda: base.run(max_batches=args.baseline_warmup), epoch=base.run)
 
 
-def measure(runners: list[Runner], device: torch.device, repeats: int) -> list[dict]:
+def measure(runners: list[Runner], device: torch.device, repeats: int, failed: list[str]) -> list[dict]:
     """Warm every runner up, then time their epochs round-robin (repeat r of each, then r + 1), so a
-    load change on a shared machine hits all implementations alike and the ratios stay fair."""
-    warm = [time_call(r.warmup, device) for r in runners]
+    load change on a shared machine hits all implementations alike and the ratios stay fair. A runner whose
+    warm-up raises (e.g. a graph capture that fails on a new platform) is left out, its error in ``failed``."""
+    warm, kept = [], []
+    for r in runners:
+        try:
+            warm.append(time_call(r.warmup, device))
+            kept.append(r)
+        except Exception as err:  # noqa: BLE001 - reported in the table's notes, the other rows still measured
+            failed.append(f"{r.method} {r.label}: not measured ({type(err).__name__}: {err})")
+            print(failed[-1], flush=True)
+    runners = kept
     seconds = [[] for _ in runners]
     for _ in range(repeats):
         for i, r in enumerate(runners):
@@ -402,7 +411,7 @@ def main(argv=None) -> int:
                 if not args.no_baseline:
                     runners.append(baseline(args, method, teacher, teacher_path))
                 flops = step_flops(ours(args, method, args.amp[0], "eager", teacher, teacher_path, folder).trainer)
-                for row in measure(runners, device, args.repeats):
+                for row in measure(runners, device, args.repeats, not_measured):
                     rows.append(add_arithmetic({"teacher": teacher, **row}, flops / args.batch_size, args.peak_tflops))
                     _progress(row)
     print(f"\nTraining throughput, {device}, {args.student} student, PGD-{STEPS} attack, batch {args.batch_size}")
