@@ -60,14 +60,14 @@ def prepare(packs: Path, tool: Path) -> int:
     not in the device image) and the commit of this checkout (the device copy carries no usable ``.git``)."""
     import importlib.util
 
+    shutil.rmtree(GPU_DIR, ignore_errors=True)  # a fresh copy (the packs are read-only where they come from)
     target = GPU_DIR / "cifar_jpeg"
-    target.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True)
     for split in ("train", "test"):
         shutil.copy2(packs / f"{split}_jpeg.npz", target / f"{split}_jpeg.npz")
     shutil.copy2(tool, GPU_DIR / "cifar_jpeg_to_npz.py")
     spec = importlib.util.find_spec("pyautoattack")
     site = GPU_DIR / "site"
-    shutil.rmtree(site, ignore_errors=True)
     shutil.copytree(Path(spec.origin).parent, site / "pyautoattack", ignore=shutil.ignore_patterns("examples", "*.pyc"))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
