@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import torch
 
 from . import data as D
 from .checks import (DEVICES, as_list, check_betas, check_clamp, check_device, check_flag, check_int,  # noqa: F401
