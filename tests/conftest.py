@@ -64,6 +64,17 @@ def write_synthetic_cifar(root: Path, n_train=24, n_test=8, seed=0) -> Path:
 
 
 @pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory):
+    """A randomly initialised ResNet-8 saved as a teacher checkpoint (the trainer loads teachers by path)."""
+    from fairard.models import build_model
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
+    torch.save(build_model("resnet8", 10).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     return write_synthetic_cifar(tmp_path_factory.mktemp("synthetic-data"))
 

@@ -8,7 +8,6 @@ import torch
 
 from conftest import write_synthetic_cifar
 from fairard.graph_step import GRAPH_METHODS, WARMUP_STEPS, StaticStep, check_graph_engine
-from fairard.models import build_model
 from fairard.train import TrainConfig, Trainer
 
 METHODS = ["fair-ard", "fair-rslad", "trades"]
@@ -18,14 +17,6 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     return write_synthetic_cifar(tmp_path_factory.mktemp("tiny-data"), n_train=8, n_test=2)  # 5 batches of 16
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
-    torch.save(build_model("resnet8", 10).state_dict(), path)
-    return path
 
 
 def _cfg(root, teacher, method, **kw):

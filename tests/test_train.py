@@ -14,16 +14,7 @@ import torch
 
 from conftest import REPO, shared_data_root
 from fairard.fairness import class_weights
-from fairard.models import build_model
 from fairard.train import TrainConfig, Trainer, TrainingDiverged, lr_at, train
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
-    torch.save(build_model("resnet8", 10).state_dict(), path)
-    return path
 
 
 def small_cfg(root, teacher, **kw):
