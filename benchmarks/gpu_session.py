@@ -300,7 +300,7 @@ def study(results: Path, deadline_s: float, window: str, overrides: dict, seeds=
         (results / "window.json").write_text(json.dumps(record, indent=1) + "\n")
 
     t = time.monotonic()
-    teacher = runs.evaluate_teacher(setup, progress=False)
+    teacher = runs.execute(runs.teacher_eval_run(setup), progress=False)  # trains the teacher first
     record["teacher_seconds"] = round(time.monotonic() - t, 1)
     log_lines = [json.loads(x) for x in (Path(runs.teacher_checkpoint(setup)).parent / "log.jsonl").read_text().splitlines()]
     epoch_s = 1.15 * log_lines[-1]["seconds"]  # a student epoch costs about a TRADES teacher epoch (the last: no capture)
@@ -318,8 +318,7 @@ def study(results: Path, deadline_s: float, window: str, overrides: dict, seeds=
                 continue
             for method in (base, f"fair-{base}"):
                 t = time.monotonic()
-                r = runs.run(runs.student_config(setup, method, seed=seed, progress=False), profile=setup,
-                             progress=False)
+                r = runs.run(runs.student_config(setup, method, seed=seed), profile=setup, progress=False)
                 seconds = time.monotonic() - t
                 record["runs"].append({"method": method, "seed": seed, "seconds": round(seconds, 1),
                                        "train_seconds": round(r["train_seconds"], 1)})
