@@ -97,10 +97,11 @@ class Session:
         for d in (self.results, self.bench):
             d.mkdir(parents=True, exist_ok=True)
         commit_file = GPU_DIR / "commit"
-        if not os.environ.get("FAIRARD_COMMIT"):
+        if not os.environ.get("FAIRARD_COMMIT"):  # on the device: the commit `prepare` recorded; here: git's
             from fairard.utils import git_commit
 
-            os.environ["FAIRARD_COMMIT"] = commit_file.read_text().strip() if commit_file.exists() else git_commit()
+            use_file = commit_file.exists() and not args.dry_run
+            os.environ["FAIRARD_COMMIT"] = commit_file.read_text().strip() if use_file else git_commit()
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "FAIRARD_RESULTS": str(self.results),
                     "PYTHONPATH": os.pathsep.join(p for p in (str(GPU_DIR / "site"), str(REPO),
                                                               os.environ.get("PYTHONPATH")) if p)}
