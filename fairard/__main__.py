@@ -233,7 +233,8 @@ def cmd_plan(args) -> int:
     for r in runs:
         extra = (f" by {r['claimed_by']['host']} pid {r['claimed_by']['pid']}" if r["status"] == "claimed"
                  else f": {r['error']}" if r["status"] == "failed" else "")
-        print(f"{r['status']:>8}  {r['kind']:<12} {r['name']:<40} {r['key'] or '(after its teacher)'}{extra}")
+        print(f"{r['status']:>8}  {r['id'][:8]}  {r['kind']:<12} {r['name']:<32} "
+              f"key {r['key'] or '(after its teacher)'}{extra}")
     print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; store {results_dir()}")
     return 0
 
