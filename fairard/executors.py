@@ -196,6 +196,8 @@ def worker_slots(jobs: int | None = None, gpus=None, jobs_per_gpu: int = 1) -> l
     cores = os.cpu_count() or 1
     if isinstance(gpus, str):
         gpus = [g.strip() for g in gpus.split(",") if g.strip()]
+    elif gpus is not None:
+        gpus = [str(g) for g in (gpus if isinstance(gpus, (list, tuple)) else [gpus])]  # [0, 1] from a notebook
     if gpus is None and torch.cuda.is_available():
         gpus = [str(i) for i in range(torch.cuda.device_count())]
     if gpus:
@@ -211,13 +213,21 @@ def worker_slots(jobs: int | None = None, gpus=None, jobs_per_gpu: int = 1) -> l
     return slots
 
 
+def executor_options(executor: str = "local", jobs: int | None = None, gpus=None, jobs_per_gpu: int = 1,
+                     slurm: dict | None = None) -> dict:
+    """A study's executor keywords (a notebook's parameters), checked before any work starts."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    worker_slots(jobs, gpus, jobs_per_gpu)
+    return dict(executor=executor, jobs=jobs, gpus=gpus, jobs_per_gpu=jobs_per_gpu, slurm=slurm)
+
+
 def execute_runs(runs, *, executor: str = "local", jobs: int | None = None, gpus=None, jobs_per_gpu: int = 1,
                  progress: bool = True, slurm: dict | None = None) -> set[str]:
     """Compute every unfinished run of ``runs`` (needs first) with the chosen executor; returns the ids of
     the runs computed.  Failures other than a trainer's refusal (``fairard.runs.REFUSALS``) raise once the
     other runs are done, naming each failed run."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    executor_options(executor, jobs, gpus, jobs_per_gpu)
     slots = worker_slots(jobs, gpus, jobs_per_gpu)
     everything = with_needs(runs)
     pending = [r for r in everything if r.load() is None]

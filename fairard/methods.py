@@ -6,7 +6,7 @@ into a per-sample loss of shape (B,). The trainer multiplies that by the Fair-AR
 weights (``fairard.fairness.FairWeighting``) and divides by B, so "fair-<name>" never
 forks the loss code (papers.md section 1.3).
 
-Formulas and conventions come from the research brief (/work/shared/research/papers.md),
+Formulas and conventions come from the research brief (``shared/research/papers.md`` beside the repository),
 which read them in each method's official code; the section is named in every class
 docstring. Notation: KL(p||q) = sum_c p_c log(p_c / q_c), sigma_t(z) = softmax(z / t),
 C = number of classes, x' = the student's adversarial example.

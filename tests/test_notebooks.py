@@ -172,9 +172,29 @@ WITH_METHODS = [p for p in NOTEBOOKS if _takes_methods(p)]
 def test_unknown_method_fails_in_the_first_cell(path):
     # the string papermill -p passes for a list
     err = _first_cell_error(path, profile="smoke", methods='["ard","foo"]')
-    assert isinstance(err, ValueError)  # fairard.checks.InputError is a ValueError and "'foo'" in str(err) and "valid" in str(err), repr(err)
+    # fairard.checks.InputError is a ValueError
+    assert isinstance(err, ValueError) and "'foo'" in str(err) and "valid" in str(err), repr(err)
     if path == MAIN:
         assert "fair-ard" in str(err) and "absld" in str(err)
+
+
+WITH_EXECUTOR = [p for p in NOTEBOOKS if "executor" in _parameter_names(p)]
+
+
+def test_every_study_notebook_takes_the_executor_parameters():
+    assert {p.stem for p in WITH_EXECUTOR} == {"main_results", "inheritance", "capacity_gap", "ablations", "kdiga",
+                                               "aa_variants"}
+    for path in WITH_EXECUTOR:
+        assert {"executor", "jobs", "gpus", "jobs_per_gpu"} <= set(_parameter_names(path)), path.stem
+        assert "**run_with)" in "".join(c.source for c in _code(path)), f"{path.stem} does not pass its executor to the study"
+
+
+@pytest.mark.parametrize("path", WITH_EXECUTOR, ids=[p.stem for p in WITH_EXECUTOR])
+@pytest.mark.parametrize("bad,named", [({"executor": "banana"}, "local, slurm"), ({"jobs": 0}, "jobs"),
+                                       ({"gpus": [7]}, "not visible")])
+def test_a_bad_executor_parameter_fails_in_the_first_cell(path, bad, named):
+    err = _first_cell_error(path, profile="smoke", **bad)
+    assert isinstance(err, ValueError) and named in str(err), repr(err)
 
 
 def test_papermill_cli_stops_at_a_bad_parameter_in_the_first_cell(nb_env, tmp_path):
