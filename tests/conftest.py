@@ -12,12 +12,19 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_data_root() -> Path | None:
-    """The in-house CIFAR-10 copy: $FAIRARD_DATA if it holds cifar10/, else ../shared/data."""
+def _find_shared_data() -> Path | None:
     for cand in (os.environ.get("FAIRARD_DATA"), REPO.parent / "shared" / "data"):
         if cand and (Path(cand) / "cifar10" / "train.npz").exists():
             return Path(cand)
     return None
+
+
+_SHARED_DATA = _find_shared_data()  # looked up once, before the notebook fixtures point $FAIRARD_DATA at synthetic data
+
+
+def shared_data_root() -> Path | None:
+    """The in-house CIFAR-10 copy: $FAIRARD_DATA (as the session started) if it holds cifar10/, else ../shared/data."""
+    return _SHARED_DATA
 
 
 def make_blobs(n_per_class=40, num_classes=10, shape=(3, 8, 8), sep=0.02, noise=0.02, seed=0):
