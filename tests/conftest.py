@@ -12,6 +12,15 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A test that sets torch's thread count (e.g. to 1 for gloo workers) leaves it as it found it: results of
+    later tests (test_trades_teacher_more_robust_than_natural's margin) depend on the reduction order."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def _find_shared_data() -> Path | None:
     for cand in (os.environ.get("FAIRARD_DATA"), REPO.parent / "shared" / "data"):
         if cand and (Path(cand) / "cifar10" / "train.npz").exists():
