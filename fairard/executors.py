@@ -213,11 +213,15 @@ def worker_slots(jobs: int | None = None, gpus=None, jobs_per_gpu: int = 1) -> l
     return slots
 
 
+def _check_executor(executor: str) -> None:
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+
+
 def executor_options(executor: str = "local", jobs: int | None = None, gpus=None, jobs_per_gpu: int = 1,
                      slurm: dict | None = None) -> dict:
     """A study's executor keywords (a notebook's parameters), checked before any work starts."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    _check_executor(executor)
     worker_slots(jobs, gpus, jobs_per_gpu)
     return dict(executor=executor, jobs=jobs, gpus=gpus, jobs_per_gpu=jobs_per_gpu, slurm=slurm)
 
@@ -227,7 +231,7 @@ def execute_runs(runs, *, executor: str = "local", jobs: int | None = None, gpus
     """Compute every unfinished run of ``runs`` (needs first) with the chosen executor; returns the ids of
     the runs computed.  Failures other than a trainer's refusal (``fairard.runs.REFUSALS``) raise once the
     other runs are done, naming each failed run."""
-    executor_options(executor, jobs, gpus, jobs_per_gpu)
+    _check_executor(executor)
     slots = worker_slots(jobs, gpus, jobs_per_gpu)
     everything = with_needs(runs)
     pending = [r for r in everything if r.load() is None]
