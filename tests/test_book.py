@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -207,15 +208,27 @@ def shots(tmp_path_factory) -> Path:
     return path
 
 
-def _browse(page: Path, shot: Path) -> str:
-    """Render ``page`` offline; save a screenshot; return the DOM after scripts ran."""
+def _browse(page: Path, shot: Path, attempts: int = 3) -> str:
+    """Render ``page`` offline; save a screenshot; return the DOM after scripts ran.
+
+    Each start gets a new empty profile and the flags of the machine's own browser probe. A browser killed
+    by a signal (CI once saw one segfault on a fresh machine, rc -11) is started again, at most
+    ``attempts`` times; any other failure, or a page without the expected DOM, fails at once.
+    """
     exe = _chromium()
-    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--virtual-time-budget=10000", "--host-resolver-rules=MAP * ~NOTFOUND", "--hide-scrollbars"]
-    url = page.resolve().as_uri()
-    dom = subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,2400", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0 and "<html" in dom.stdout, f"chromium failed on {page}: {dom.stderr[-2000:]}"
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--virtual-time-budget=10000", "--host-resolver-rules=MAP * ~NOTFOUND",
+             "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,2400", "--dump-dom",
+             page.resolve().as_uri()]
+    for attempt in range(1, attempts + 1):
+        with tempfile.TemporaryDirectory(prefix="fairard-chromium-") as profile:
+            dom = subprocess.run(flags[:1] + [f"--user-data-dir={profile}"] + flags[1:],
+                                 capture_output=True, text=True, timeout=120)
+        if dom.returncode >= 0 or attempt == attempts:
+            break
+    assert dom.returncode == 0 and "<html" in dom.stdout, \
+        f"chromium failed on {page} (rc {dom.returncode}, try {attempt}): {dom.stderr[-2000:]}"
     assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot of {page}"
     return dom.stdout
 
