@@ -133,6 +133,37 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+class Eta:
+    """Time left, per kind of run: the mean interval between finishes of the computed runs of each kind
+    (a teacher, a student) times the runs of that kind left, so that a long teacher does not inflate
+    the students' estimate. A kind with no computed run yet borrows the mean of all of them."""
+
+    def __init__(self, kinds: dict[str, str]):
+        self.kinds = dict(kinds)                  # run id -> "teacher" | "student", for the runs to compute
+        self.left = dict(self.kinds)
+        self.seconds: dict[str, list[float]] = {}
+        self.last = time.perf_counter()
+
+    def done(self, run_id: str, computed: bool) -> None:
+        """``run_id`` finished now; ``computed``: it was trained or evaluated (not read from the cache)."""
+        now, kind = time.perf_counter(), self.left.pop(run_id, None)
+        if computed and kind is not None:
+            self.seconds.setdefault(kind, []).append(now - self.last)
+        self.last = now
+
+    def __str__(self) -> str:
+        every = [s for v in self.seconds.values() for s in v]
+        if not every or not self.left:
+            return ""
+        mean = {k: sum(v) / len(v) for k, v in self.seconds.items()}
+        left = sum(mean.get(kind, sum(every) / len(every)) for kind in self.left.values())
+        return f"; ETA {duration(left)}"
+
+
+def _kind(run) -> str:
+    return "student" if run.kind == "student" else "teacher"
+
+
 # ---- watching the store --------------------------------------------------------------------------------
 class Monitor:
     """Prints, on stderr, one line per run that finishes, one per epoch of the runs in progress, and the
@@ -143,7 +174,7 @@ class Monitor:
         self.total = len(self.runs)
         self.finished: dict[str, bool] = {}     # id -> computed now (False: it was cached)
         self.epochs: dict[str, int] = {}
-        self.t0 = time.perf_counter()
+        self.eta = Eta({run.id: _kind(run) for run in self.runs})
 
     def poll(self) -> bool:
         """Look at the store once; True when every run is finished or failed."""
@@ -154,9 +185,10 @@ class Monitor:
             failure = None if result is not None else (run.failure() or _queue_failure(run))
             if result is not None or failure is not None:
                 self.finished[run.id] = failure is None
+                self.eta.done(run.id, failure is None)
                 r = None if failure is not None else {**result, "from_cache": False}
                 line = report_line(run, r) if failure is None or run.failure() else f"{run.name}: FAILED ({failure['error']})"
-                self._say(f"[{len(self.finished)}/{self.total}] {line.strip()}" + self._eta())
+                self._say(f"[{len(self.finished)}/{self.total}] {line.strip()}{self.eta}")
                 continue
             if run.config is not None:
                 try:
@@ -168,13 +200,6 @@ class Monitor:
                     self._say(f"  {run.name}: {epoch_line(record, run.config)} (pid {holder.get('pid', '?')})")
                 self.epochs[run.id] = max(self.epochs.get(run.id, 0), len(log))
         return len(self.finished) == self.total
-
-    def _eta(self) -> str:
-        computed = sum(self.finished.values())
-        left = self.total - len(self.finished)
-        if not computed or not left:
-            return ""
-        return f"; ETA {duration((time.perf_counter() - self.t0) / computed * left)}"
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -262,7 +287,7 @@ def _in_process(everything, pending: set, slot, progress) -> None:
     """This process, run after run; a line per student run (cached ones too) and per computed teacher run,
     with the count and an ETA from the runs computed so far."""
     device = f"cuda:{slot['gpu']}" if "gpu" in slot else None
-    t0, computed, left = time.perf_counter(), 0, len(pending)
+    eta = Eta({run.id: _kind(run) for run in everything if run.id in pending})
     for k, run in enumerate(everything, 1):
         run = run.on(device) if device else run
         try:
@@ -271,12 +296,10 @@ def _in_process(everything, pending: set, slot, progress) -> None:
             if not (run.failure() or {}).get("refused"):
                 raise
             r = None
-        if run.id in pending:
-            computed, left = computed + 1, left - 1
+        computed = r is not None and not r["from_cache"]
+        eta.done(run.id, computed)
         if run.kind == "student" or run.id in pending:
-            eta = (f"; ETA {duration((time.perf_counter() - t0) / computed * left)}"
-                   if computed and left and r is not None and not r["from_cache"] else "")
-            print(f"[{k}/{len(everything)}] {report_line(run, r).strip()}{eta}", flush=True)
+            print(f"[{k}/{len(everything)}] {report_line(run, r).strip()}{eta if computed else ''}", flush=True)
 
 
 def _pool(pending, slots) -> None:

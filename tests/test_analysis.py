@@ -253,6 +253,13 @@ def test_validate_raises_student_epochs_and_exposes_values():
     for bad in (-1, True, "[0.5, -0.1]"):
         with pytest.raises(ValueError, match="gamma"):
             kdiga.validate("smoke", gamma=bad)
+    assert kdiga.validate("smoke").gamma_sweep == list(kdiga.GAMMA_SWEEP)        # the sweep runs by default
+    assert kdiga.validate("smoke", gamma_sweep=[]).gamma_sweep == []
+    assert kdiga.validate("smoke", gamma_sweep=None).gamma_sweep == []
+    assert kdiga.validate("smoke", methods=["kd"]).setup.methods == ("kdiga",)   # the sweep needs KDIGA's teacher
+    for bad in (-0.5, "[0.05, -1]", "x"):
+        with pytest.raises(ValueError, match="gamma_sweep"):
+            kdiga.validate("smoke", gamma_sweep=bad)
 
 
 def test_kdiga_gamma_sweep_makes_one_arm_per_value(monkeypatch):
@@ -273,7 +280,7 @@ def test_ablation_plan_changes_one_thing_per_arm():
     plan = ablations.ablation_arms(p, "fair-ard", ablations.ABLATIONS, fairness.DIFFICULTY_MEASURES, [0.0, 1.0, 2.0, 3.0, 4.0],
                            profiles.OFFICIAL_CLAMP, ablations.QUIRKS)
     base = {"difficulty": "kappa", "beta": 2.0, "clamp": profiles.OFFICIAL_CLAMP, "lr_schedule": "step"}
-    assert len(plan) == 4 + 5 + 2 + 4
+    assert len(plan) == 4 + 5 + 2 + 6
     for arm in plan:
         changed = {k for k in base if arm["overrides"][k] != base[k]} | set(arm["overrides"]) - set(base)
         assert len(changed) <= 1, arm
@@ -285,6 +292,14 @@ def test_ablation_plan_changes_one_thing_per_arm():
     assert all(a["method"] == "fair-mtard" for a in mtard)
     as_mtard = ablations.ablation_arms(p, "fair-mtard", ["quirks"], [], [], profiles.OFFICIAL_CLAMP, ["mtard_clean_target"])
     assert as_mtard[0]["baseline"] and not as_mtard[1]["baseline"]
+    clean = [a for a in plan if a["ablation"] == "quirk clean_forward"]
+    assert [a["setting"] for a in clean] == ["loss_forwards_only", "official_clean_forward"]
+    assert clean[0]["baseline"] and clean[1]["overrides"]["method_options"] == {"official_clean_forward": True}
+    # the switch exists only in the ARD/IAD-family scripts: Fair-IAD keeps it, Fair-RSLAD's arms run Fair-ARD
+    for ablated, trained in (("fair-iad", "fair-iad"), ("fair-rslad", "fair-ard")):
+        arms = ablations.ablation_arms(p, ablated, ["quirks"], [], [], profiles.OFFICIAL_CLAMP, ["clean_forward"])
+        assert [a["method"] for a in arms] == [trained] * 2
+        assert [a["baseline"] for a in arms] == [ablated == trained, False]
     smoke = ablations.ablation_arms(profiles.get_profile("smoke"), "fair-ard", ["measure", "beta"], fairness.DIFFICULTY_MEASURES,
                             [0.0, 1.0, 2.0, 3.0, 4.0], profiles.OFFICIAL_CLAMP, ablations.QUIRKS)
     assert [a["setting"] for a in smoke] == ["kappa", "robust_acc", "0", "2"]
@@ -332,7 +347,9 @@ def test_ablation_tables_figures_and_glue():
         for ablation, setting, acc, base in (("beta", "0", 0.3, False), ("beta", "2", 0.5, True),
                                              ("quirk lr_schedule", "step", 0.5, True),
                                              ("quirk lr_schedule", "official_single_decay", 0.4 + 0.1 * seed, False)):
-            r = fake_result(f"{ablation}: {setting}", seed, [acc] * 10, attacks=("clean", "pgd20"))
+            clean = acc + 0.2 if setting == "official_single_decay" else acc  # the quirk: clean +15, pgd20 -5 points
+            r = fake_result(f"{ablation}: {setting}", seed, {"clean": [clean] * 10, "pgd20": [acc] * 10},
+                            attacks=("clean", "pgd20"))
             lr = setting if ablation.startswith("quirk") else "step"
             r["config"] = {"method": "fair-ard", "epochs": 4, "milestones": [2, 3], "lr": None, "lr_schedule": lr}
             results.append({**r, "ablation": ablation, "setting": setting, "baseline": base})
@@ -341,7 +358,9 @@ def test_ablation_tables_figures_and_glue():
     table = ablations.ablation_table(study)
     assert "| beta: 0 | resnet8 | 0,1 | 30.0 ± 0.0" in table and "*measure: clean_acc*: not run" in table
     quirks = ablations.quirk_table(study)
-    assert "| lr_schedule | step → official_single_decay |" in quirks and "-5.0 ± 5.0" in quirks
+    row = next(line for line in quirks.splitlines() if line.startswith("| lr_schedule (fair-ard) | step → official_single_decay |"))
+    assert row.endswith("| +15.0 ± 5.0 | +15.0 ± 5.0 | -5.0 ± 5.0 | -5.0 ± 5.0 | 0,1 |")   # clean, then pgd20
+    assert "Δ clean avg | Δ clean worst | Δ pgd20 avg | Δ pgd20 worst" in quirks
     assert "0.1×2, 0.01×1, 0.001×1 vs 0.1×2, 0.01×2" in quirks
     glue = ablations.ablation_glue(study)
     assert glue["abl_beta_0_pgd20_worst"] == 30.0 and glue["abl_beta_2_pgd20_avg"] == 50.0
@@ -379,6 +398,45 @@ def test_gap_table_and_figure():
     assert glue["kdiga_kd_pgd20_avg"] == 10.0 and glue["kdiga_kdiga_resnet8_pgd20_worst"] == 30.0
     assert glue["kdiga_kd_pgd20_avg_std"] == 0.0  # one seed per method here
     assert len(kdiga.kdiga_figure(study).axes) == 2
+
+
+def test_gamma_sweep_arms_share_the_default_run(monkeypatch):
+    p = profiles.get_profile("smoke", seeds=[0, 1])
+    sweep = kdiga.sweep_arms(p, [0.00035, 0.5])
+    assert [(a["label"], a["gamma"], a["cfg"].seed) for a in sweep] == [
+        ("KDIGA (γ=0.00035)", 0.00035, 0), ("KDIGA (γ=0.00035)", 0.00035, 1), ("KDIGA (γ=0.5)", 0.5, 0),
+        ("KDIGA (γ=0.5)", 0.5, 1)]
+    main = [a for a in kdiga.kdiga_arms(p, ["kdiga"]) if a["cfg"].seed == 0]
+    assert main[0]["cfg"].method_options.get("gamma", 0.5) == 0.5
+    # gamma 0.5 is KDIGA's default: the sweep's arm and the main arm are two configs of one run
+    c = kdiga.validate("smoke", methods=["kd", "kdiga"], seeds=[0, 1], gamma_sweep=[0.00035, 0.5])
+    assert len(kdiga.plan(c)) == 3 * 2                         # KD, KDIGA (= γ 0.5) and γ 0.00035, per seed
+    assert len(kdiga.plan(kdiga.validate("smoke", methods=["kd", "kdiga"], seeds=[0, 1], gamma_sweep=[]))) == 2 * 2
+
+
+def test_gamma_sweep_table_figure_and_glue():
+    res = lambda label, seed, acc, gamma=None: {**fake_result(label, seed, [acc] * 9 + [0.1], attacks=("clean", "pgd20"),
+                                                              key=label), **({"gamma": gamma} if gamma else {})}
+    gap = lambda label, seed, l2, gamma=None: {"method": label, "student": "resnet8", "seed": seed, "n": 50, "l2": l2,
+                                               "cosine": 1 - l2, "teacher_norm": 2.0, "per_class_l2": [l2] * 10,
+                                               **({"gamma": gamma} if gamma else {})}
+    kd = [res("KD", s, 0.1) for s in (0, 1)]
+    sweep = [res(f"KDIGA (γ={g:g})", s, acc + 0.02 * s, g) for g, acc in ((0.5, 0.3), (0.00035, 0.2)) for s in (0, 1)]
+    study = {"profile": profiles.get_profile("smoke"), "results": kd, "kd": kd, "attacks": ["clean", "pgd20"],
+             "attack": "pgd20", "gaps": [gap("KD", s, 0.8) for s in (0, 1)], "sweep": sweep,
+             "sweep_gaps": [gap(r["method"], r["seed"], 0.4 if r["gamma"] == 0.5 else 0.6, r["gamma"]) for r in sweep]}
+    points = kdiga.sweep_points(study)["resnet8"]
+    assert [pt["gamma"] for pt in points["points"]] == [0.00035, 0.5]   # ascending, whatever the order of the runs
+    assert points["kd"]["gap_rel"] == (0.4, 0.0)                        # 0.8 over the teacher's norm 2
+    table = kdiga.sweep_table(study).splitlines()
+    assert table[2] == "| resnet8 | 0 (KD) | 0,1 | 0.40 ± 0.00 | 0.200 ± 0.000 | 10.0 ± 0.0 | 10.0 ± 0.0 |"
+    # mean class accuracy (9 classes at acc + 0.02 * seed, one at 0.1): 28 % and 29.8 %
+    assert table[4] == "| resnet8 | 0.5 | 0,1 | 0.20 ± 0.00 | 0.600 ± 0.000 | 28.9 ± 0.9 | 10.0 ± 0.0 |"
+    glue = kdiga.sweep_glue(study)
+    assert glue["kdiga_sweep_0_00035_gap_rel"] == 0.3 and glue["kdiga_sweep_0_5_pgd20_avg"] == 28.9
+    assert glue["kdiga_sweep_0_5_pgd20_worst"] == 10.0
+    fig = kdiga.sweep_figure(study)
+    assert [a.get_xscale() for a in fig.axes] == ["log", "log"] and len(fig.axes[0].lines) >= 2
 
 
 def test_caption_names_profile_data_seeds_commit():

@@ -123,3 +123,21 @@ def test_slurm_executor_on_submitits_local_cluster_runs_a_smoke_plan(sequential,
     assert len(executed) == 3                                          # teacher evaluation + 2 students
     assert list((store / "slurm").glob("*_log.out"))                   # submitit's job logs
     assert per_class(store, monkeypatch) == per_class(sequential, monkeypatch)
+
+
+def test_eta_counts_each_kind_of_run_at_its_own_pace(monkeypatch):
+    """A 600 s teacher, then students of 30 s and 20 s: the ETA of the three students left is 75 s, not
+    the (600 + 50) / 3 * 3 = 650 s of one mean over both kinds; a cached run's read adds no time."""
+    clock = iter([0.0, 600.0, 630.0, 640.0, 660.0, 690.0, 720.0, 750.0])
+    monkeypatch.setattr(executors.time, "perf_counter", lambda: next(clock))
+    eta = executors.Eta({"T": "teacher", **{f"s{i}": "student" for i in range(5)}, "cached": "student"})
+    assert str(eta) == ""                                   # nothing computed yet: no guess
+    eta.done("T", True)                                     # 600 s
+    assert str(eta) == "; ETA 60 min"                       # 6 students at the teacher's pace until one finishes
+    eta.done("s0", True)                                    # 30 s
+    eta.done("cached", False)                               # read from the store: 10 s, not a student's pace
+    eta.done("s1", True)                                    # 20 s after the cached one
+    assert str(eta) == "; ETA 75 s"                         # three students left at 25 s each
+    for k in (2, 3, 4):
+        eta.done(f"s{k}", True)
+    assert str(eta) == ""                                   # nothing left

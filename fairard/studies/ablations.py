@@ -1,5 +1,6 @@
 """ablations.ipynb: Fair-ARD's design choices one at a time (difficulty measure, beta, clamp) and the
-official code's quirks, each off and on; tables, figures and the class-weight trajectories.
+official code's quirks (single lr decay, Fair-MTARD's clean target, the ARD/IAD scripts' unused clean
+forward), each off and on; tables, figures and the class-weight trajectories.
 
 ``validate`` checks every parameter; ``study`` trains (or loads) every arm for every seed through
 the store (``fairard.store``), so notebooks share runs.
@@ -21,7 +22,12 @@ from . import arm_runs, labelled_results
 ABLATIONS = ("measure", "beta", "clamp", "quirks")
 
 
-QUIRKS = ("lr_schedule", "mtard_clean_target")
+QUIRKS = ("lr_schedule", "mtard_clean_target", "clean_forward")
+
+
+# The methods whose official scripts run the unused clean forward; with another ablated method the
+# clean_forward quirk runs on Fair-ARD (as mtard_clean_target always runs on Fair-MTARD).
+CLEAN_FORWARD_METHODS = ("fair-ard", "fair-iad")
 
 
 QUIRK_EFFECTS = {
@@ -31,7 +37,33 @@ QUIRK_EFFECTS = {
     "mtard_clean_target": ("natural_teacher", "robust_teacher_adv",
                            "Fair-MTARD's clean-logit KL target: the natural teacher on x (MTARD) vs the robust "
                            "teacher on x' (the Fair-MTARD script; its natural teacher is computed, never used)"),
+    "clean_forward": ("loss_forwards_only", "official_clean_forward",
+                      "an unused clean train-mode student forward every batch (IAD: also one on x'), as the "
+                      "ARD/IAD-family scripts run at alpha = 1: loss and gradients unchanged, BatchNorm's "
+                      "running statistics also average clean batches"),
 }
+
+
+def quirk_method(quirk: str, method: str) -> str:
+    """The Fair-* method a quirk's two arms train: the ablated one where the quirk exists in its script."""
+    if quirk == "mtard_clean_target":
+        return "fair-mtard"
+    if quirk == "clean_forward" and method not in CLEAN_FORWARD_METHODS:
+        return "fair-ard"
+    return method
+
+
+_QUIRK_OPTION = {"mtard_clean_target": "mtard_clean_target", "clean_forward": "official_clean_forward"}
+
+
+def _quirk_overrides(quirk: str, setting: str) -> dict:
+    """TrainConfig overrides of one quirk arm; the "off" setting is the method's default (no override)."""
+    off, on, _ = QUIRK_EFFECTS[quirk]
+    if quirk == "lr_schedule":
+        return {"lr_schedule": setting}
+    if setting == off:
+        return {}
+    return {"method_options": {_QUIRK_OPTION[quirk]: True if quirk == "clean_forward" else on}}
 
 
 def validate(profile: str = "quick", method: str = "fair-ard", ablations=ABLATIONS,
@@ -48,7 +80,8 @@ def validate(profile: str = "quick", method: str = "fair-ard", ablations=ABLATIO
                   smoke_trim=check_flag(smoke_trim, "smoke_trim"))
     if values["clamp"] is None:
         raise ValueError("clamp is the 'on' setting of the clamp ablation: give [low, high], e.g. [5/6, 5/2]")
-    methods = [method] + (["fair-mtard"] if "quirks" in ablations and "mtard_clean_target" in quirks else [])
+    methods = [method] + ([quirk_method(q, method) for q in quirks] if "quirks" in ablations else [])
+    methods = list(dict.fromkeys(methods))
     setup = notebook_setup(profile, methods, attacks, seeds=seeds, device=device, min_epochs=min_epochs, focus=attack,
                    progress=progress, results_dir=results_dir, overrides=overrides)
     return Checked(setup, values)
@@ -85,12 +118,9 @@ def ablation_arms(p: Profile, method: str, ablations, measures, betas, clamp, qu
                  dict(ablation="clamp", setting="off", method=method, overrides={**baseline, "clamp": None})]
     if "quirks" in ablations:
         for q in quirks:
-            off, on, _ = QUIRK_EFFECTS[q]
-            m = "fair-mtard" if q == "mtard_clean_target" else method
-            for setting in (off, on):  # "off" is the method's default: it shares the baseline's run
-                extra = ({"lr_schedule": setting} if q == "lr_schedule"
-                         else {"method_options": {"mtard_clean_target": setting}} if setting == on else {})
-                arms.append(dict(ablation=f"quirk {q}", setting=setting, method=m, overrides={**baseline, **extra}))
+            for setting in QUIRK_EFFECTS[q][:2]:  # "off" is the method's default: it shares the baseline's run
+                arms.append(dict(ablation=f"quirk {q}", setting=setting, method=quirk_method(q, method),
+                                 overrides={**baseline, **_quirk_overrides(q, setting)}))
     for arm in arms:
         arm["baseline"] = arm["method"] == method and arm["overrides"] == baseline
     return arms
@@ -240,9 +270,12 @@ def lr_sequence(result: dict) -> list[float]:
 
 
 def quirk_table(study: dict, attack: str | None = None) -> str:
-    """Each official-code quirk: what it changes, the lr per epoch where relevant, and on − off (points)."""
+    """Each official-code quirk: what it changes, the lr per epoch where relevant, and on − off (points,
+    matched by seed) of the average and worst-class accuracy, clean and under ``attack`` (at a robust floor
+    the clean numbers are the ones that can move)."""
     attack = attack or study.get("attack") or headline_attack(study["attacks"])
-    head = ["quirk", "off → on", "what changes", f"Δ {attack} avg", f"Δ {attack} worst", "seeds"]
+    shown = [a for a in dict.fromkeys(("clean", attack)) if a in study["attacks"]]
+    head = ["quirk", "off → on", "what changes"] + [f"Δ {a} {w}" for a in shown for w in ("avg", "worst")] + ["seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for q, (off, on, what) in QUIRK_EFFECTS.items():
         runs = {s: {r["seed"]: r for r in study["results"] if r["ablation"] == f"quirk {q}" and r["setting"] == s}
@@ -254,11 +287,14 @@ def quirk_table(study: dict, attack: str | None = None) -> str:
             what += (f". Here: {_run_length(lr_sequence(runs[off][seeds[0]]))} vs "
                      f"{_run_length(lr_sequence(runs[on][seeds[0]]))}")
         deltas = []
-        for w in ("accuracy", "worst_class_accuracy"):
-            m, s = mean_std([100 * (metric(runs[on][sd], attack, w) - metric(runs[off][sd], attack, w))
-                              for sd in seeds])
-            deltas.append(f"{m:+.1f} ± {s:.1f}")
-        lines.append(f"| {q} | {off} → {on} | {what} | {deltas[0]} | {deltas[1]} | {','.join(map(str, seeds))} |")
+        for a in shown:
+            for w in ("accuracy", "worst_class_accuracy"):
+                m, s = mean_std([100 * (metric(runs[on][sd], a, w) - metric(runs[off][sd], a, w)) for sd in seeds])
+                deltas.append(f"{m:+.1f} ± {s:.1f}")
+        first = runs[on][seeds[0]]
+        method = first.get("run_method") or first.get("config", {}).get("method", "?")
+        lines.append(f"| {q} ({method}) | {off} → {on} | {what} | {' | '.join(deltas)} | "
+                     f"{','.join(map(str, seeds))} |")
     return "\n".join(lines)
 
 

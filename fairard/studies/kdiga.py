@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluate import eval_mode
-from ..methods import input_gradient
+from ..methods import METHODS, input_gradient
 from ..checks import as_list, check_int, check_subset
 from ..profiles import Checked, Profile, notebook_setup
 from ..executors import compute
@@ -25,19 +25,37 @@ KDIGA_FAMILY = {
 }
 
 
+# The default gamma sweep of plain KDIGA: from the author's batch-form scale (0.5 there is ~3.5e-4 per
+# sample at B = 128, ``KDIGA.per_sample_gamma``) to this project's per-sample default 0.5.
+GAMMA_SWEEP = (0.00035, 0.005, 0.05, 0.5)
+
+
+def _gammas(value, name: str, none_means: str) -> list[float] | None:
+    """None, a number >= 0, or a list of them, as a list (None stays None)."""
+    if value is None:
+        return None
+    gammas = as_list(value, name, float) if not isinstance(value, bool) else [value]
+    if isinstance(value, (list, tuple)) and not value and name == "gamma_sweep":
+        return []
+    if not gammas or any(isinstance(g, bool) or g < 0 for g in gammas):
+        raise ValueError(f"{name} must be None ({none_means}), a number >= 0 or a list of them, got {value!r}")
+    return gammas
+
+
 def validate(profile: str = "quick", methods=("kd", "kdiga", "kdiga_ard", "fair-kdiga"), students=None,
-                   attacks=None, attack: str = "pgd20", seeds=None, gamma=None, grad_per_class=None,
-                   device: str = "auto", results_dir=None, overrides=None, progress: bool = True) -> Checked:
-    """Every parameter of kdiga.ipynb in one call (students, seeds, attacks go into the Setup)."""
+                   attacks=None, attack: str = "pgd20", seeds=None, gamma=None, gamma_sweep=GAMMA_SWEEP,
+                   grad_per_class=None, device: str = "auto", results_dir=None, overrides=None,
+                   progress: bool = True) -> Checked:
+    """Every parameter of kdiga.ipynb in one call (students, seeds, attacks go into the Setup).
+
+    ``gamma``: the gamma of every KDIGA-family arm (None: each method's default; a list: one arm of each
+    method per value). ``gamma_sweep``: extra plain-KDIGA arms, one per value, drawn against gamma
+    (None or []: no sweep); an arm equal to a main arm shares its run."""
     methods = check_subset("methods", methods, list(KDIGA_FAMILY))
-    gammas = None
-    if gamma is not None:  # a number, or a list of them: a sweep, one arm of each KDIGA-family method per value
-        gammas = as_list(gamma, "gamma", float) if not isinstance(gamma, bool) else [gamma]
-        if not gammas or any(isinstance(g, bool) or g < 0 for g in gammas):
-            raise ValueError(f"gamma must be None (the KDIGA default 0.5), a number >= 0 or a list of them, got {gamma!r}")
-    values = dict(methods=methods, attack=attack, gamma=gammas,
+    values = dict(methods=methods, attack=attack, gamma=_gammas(gamma, "gamma", "the KDIGA default 0.5"),
+                  gamma_sweep=_gammas(gamma_sweep, "gamma_sweep", "no sweep") or [],
                   grad_per_class=check_int(grad_per_class, "grad_per_class", 1, allow_none=True))
-    registered = list(dict.fromkeys(KDIGA_FAMILY[m][1] for m in methods))
+    registered = list(dict.fromkeys([KDIGA_FAMILY[m][1] for m in methods] + ["kdiga"] * bool(values["gamma_sweep"])))
     setup = notebook_setup(profile, registered, attacks, seeds=seeds, students=students, device=device, focus=attack,
                    progress=progress, results_dir=results_dir, overrides=overrides)
     return Checked(setup, values)
@@ -87,9 +105,21 @@ def kdiga_arms(p: Profile, methods, gamma=None) -> list[dict]:
     return arms
 
 
+def sweep_arms(p: Profile, gammas) -> list[dict]:
+    """One plain-KDIGA arm per (student, gamma, seed), labelled "KDIGA (γ=…)", with its ``gamma``. The
+    default gamma is left out of the options, so that arm is the main KDIGA arm's run."""
+    default = METHODS["kdiga"].option_defaults()["gamma"]
+    return [{"label": f"KDIGA (γ={g:g})", "gamma": float(g),
+             "cfg": student_config(p, "kdiga", student=student, seed=seed,
+                                   method_options={} if float(g) == default else {"gamma": float(g)})}
+            for student in p.students for g in gammas for seed in p.seeds]
+
+
 def plan(c: Checked) -> list[Run]:
-    """KD, KDIGA, KDIGA-ARD, Fair-KDIGA (as chosen) per student and seed, and the teacher they read."""
-    return arm_runs(c.setup, kdiga_arms(c.setup, c.methods, c.gamma), c.setup.attacks)
+    """KD, KDIGA, KDIGA-ARD, Fair-KDIGA (as chosen) and the KDIGA gamma sweep per student and seed, and
+    the teacher they read."""
+    return arm_runs(c.setup, kdiga_arms(c.setup, c.methods, c.gamma) + sweep_arms(c.setup, c.gamma_sweep),
+                    c.setup.attacks)
 
 
 def collect(c: Checked) -> dict:
@@ -97,16 +127,25 @@ def collect(c: Checked) -> dict:
     class-balanced test slice (measured here: a few forward/backward passes per model)."""
     p = c.setup
     results, skipped = labelled_results(p, kdiga_arms(p, c.methods, c.gamma), p.attacks, "kdiga")
+    sweep, _ = labelled_results(p, sweep_arms(p, c.gamma_sweep), p.attacks, "kdiga")
     device = resolve_device(p.device)
     teacher = load_teacher(p, device, progress=c.progress)
     x, y = test_images(p.dataset, c.grad_per_class or p.eval_per_class, device)
-    gaps = []
-    for r in results:
-        gap = input_gradient_gap(load_student(r, device), teacher, x, y)
-        gaps.append({"method": r["method"], "student": r["student"], "seed": r["seed"], "n": len(y),
-                     **{k: gap[k] for k in ("l2", "cosine", "teacher_norm", "per_class_l2")}})
-    return {"profile": p, "results": results, "skipped": skipped, "gaps": gaps, "attacks": list(p.attacks),
-            "attack": c.attack}
+    measured: dict[str, dict] = {}  # a run shared by a main arm and a sweep arm is measured once
+
+    def gaps_of(runs):
+        out = []
+        for r in runs:
+            if r["key"] not in measured:
+                gap = input_gradient_gap(load_student(r, device), teacher, x, y)
+                measured[r["key"]] = {k: gap[k] for k in ("l2", "cosine", "teacher_norm", "per_class_l2")}
+            out.append({"method": r["method"], "student": r["student"], "seed": r["seed"], "n": len(y),
+                        **({"gamma": r["gamma"]} if "gamma" in r else {}), **measured[r["key"]]})
+        return out
+
+    return {"profile": p, "results": results, "skipped": skipped, "gaps": gaps_of(results), "sweep": sweep,
+            "sweep_gaps": gaps_of(sweep), "kd": [r for r in results if r["method"] == "KD"],
+            "attacks": list(p.attacks), "attack": c.attack}
 
 
 def study(c: Checked, **executor) -> dict:
@@ -198,4 +237,91 @@ def kdiga_glue(study: dict, attack: str | None = None) -> dict[str, float]:
         put(row["method"], row["student"], f"{attack}_avg", round(100 * row[f"{attack}/accuracy"][0], 2))
         put(row["method"], row["student"], f"{attack}_avg_std", round(100 * row[f"{attack}/accuracy"][1], 2))
         put(row["method"], row["student"], f"{attack}_worst", round(100 * row[f"{attack}/worst_class_accuracy"][0], 2))
+    return out
+
+
+def _point(gamma: float, runs: list[dict], gaps: list[dict], attack: str) -> dict:
+    """One gamma's runs (one per seed) and their gradient gaps: mean ± std over seeds of the relative gap,
+    the cosine and the average / worst-class accuracy (%) under ``attack``."""
+    return {"gamma": gamma, "seeds": [r["seed"] for r in runs],
+            "gap_rel": mean_std([g["l2"] / g["teacher_norm"] for g in gaps]),
+            "cos": mean_std([g["cosine"] for g in gaps]),
+            "avg": mean_std([100 * metric(r, attack, "accuracy") for r in runs]),
+            "worst": mean_std([100 * metric(r, attack, "worst_class_accuracy") for r in runs])}
+
+
+def sweep_points(study: dict, attack: str | None = None) -> dict[str, dict]:
+    """Per student: {"kd": KD's point (gamma 0) or None, "points": one point per swept gamma, ascending}."""
+    attack = attack or study.get("attack") or headline_attack(study["attacks"])
+    gaps = {(g["student"], g["gamma"], g["seed"]): g for g in study.get("sweep_gaps", [])}
+    kd_gaps = group_by(study.get("gaps", []))
+    kd_runs = group_by(study.get("kd", []), ("student",))
+    out: dict[str, dict] = {}
+    for (gamma, student), runs in sorted(group_by(study.get("sweep", []), ("gamma", "student")).items()):
+        if student not in out:
+            kd = (_point(0.0, kd_runs[(student,)], kd_gaps[("KD", student)], attack)
+                  if (student,) in kd_runs and ("KD", student) in kd_gaps else None)
+            out[student] = {"kd": kd, "points": []}
+        out[student]["points"].append(_point(gamma, runs, [gaps[(student, gamma, r["seed"])] for r in runs], attack))
+    return out
+
+
+def sweep_table(study: dict, attack: str | None = None) -> str:
+    """The KDIGA gamma sweep: one row per (student, gamma), mean ± std over seeds; KD (gamma 0) first."""
+    attack = attack or study.get("attack") or headline_attack(study["attacks"])
+    head = ["student", "γ", "seeds", "relative gap", "cosine", f"{attack} avg (%)", f"{attack} worst (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for student, sweep in sweep_points(study, attack).items():
+        for pt in [sweep["kd"]] * bool(sweep["kd"]) + sweep["points"]:
+            name = "0 (KD)" if pt is sweep["kd"] else f"{pt['gamma']:g}"
+            lines.append(f"| {student} | {name} | {','.join(map(str, pt['seeds']))} | "
+                         f"{pt['gap_rel'][0]:.2f} ± {pt['gap_rel'][1]:.2f} | {pt['cos'][0]:.3f} ± {pt['cos'][1]:.3f} | "
+                         f"{pt['avg'][0]:.1f} ± {pt['avg'][1]:.1f} | {pt['worst'][0]:.1f} ± {pt['worst'][1]:.1f} |")
+    return "\n".join(lines)
+
+
+def sweep_figure(study: dict, attack: str | None = None):
+    """Left: relative input-gradient gap vs gamma (log axis); right: average (filled) and worst-class (hollow)
+    accuracy under ``attack`` vs gamma; KD (gamma 0) as horizontal lines; one colour per student."""
+    import matplotlib.pyplot as plt
+
+    attack = attack or study.get("attack") or headline_attack(study["attacks"])
+    p = study["profile"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, (student, sweep) in enumerate(sweep_points(study, attack).items()):
+        color, points = plt.get_cmap("tab10")(i), sweep["points"]
+        g = [pt["gamma"] for pt in points]
+        ax.errorbar(g, [pt["gap_rel"][0] for pt in points], [pt["gap_rel"][1] for pt in points], marker="o",
+                    color=color, capsize=2, label=student)
+        for what, marker, fill in (("avg", "o", True), ("worst", "v", False)):
+            ax2.errorbar(g, [pt[what][0] for pt in points], [pt[what][1] for pt in points], marker=marker,
+                         color=color, mfc=color if fill else "none", capsize=2,
+                         label=f"{student} {'average' if fill else 'worst class'}")
+        if sweep["kd"]:
+            ax.axhline(sweep["kd"]["gap_rel"][0], ls="--", color=color, lw=1)
+            ax2.axhline(sweep["kd"]["avg"][0], ls="--", color=color, lw=1)
+            ax2.axhline(sweep["kd"]["worst"][0], ls=":", color=color, lw=1)
+    for a in (ax, ax2):
+        a.set_xscale("log")
+        a.set_xlabel("γ (per-sample alignment weight, log scale)")
+    ax.set(ylabel="‖∇S − ∇T‖₂ / ‖∇T‖₂ (test)", title="gradient gap vs γ (dashed: KD)")
+    ax2.set(ylabel=f"{attack} accuracy (%)", title=f"{attack} vs γ (KD: dashed avg, dotted worst)")
+    ax.legend(fontsize=8)
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"KDIGA γ sweep, teacher {p.teacher}\n{caption(p, study['sweep'])}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_glue(study: dict, attack: str | None = None) -> dict[str, float]:
+    """The sweep's numbers for the book, first student: ``kdiga_sweep_<gamma>_{gap_rel,avg,worst}``
+    (gamma as in ``label_key``, e.g. 0.00035 -> 0_00035)."""
+    attack = attack or study.get("attack") or headline_attack(study["attacks"])
+    points = next(iter(sweep_points(study, attack).values()), {"points": []})["points"]
+    out = {}
+    for pt in points:
+        stem = "kdiga_sweep_" + label_key(f"{pt['gamma']:g}")
+        out[f"{stem}_gap_rel"] = round(pt["gap_rel"][0], 4)
+        out[f"{stem}_{attack}_avg"] = round(pt["avg"][0], 2)
+        out[f"{stem}_{attack}_worst"] = round(pt["worst"][0], 2)
     return out
