@@ -76,6 +76,19 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= ``low``, refused with a usage error (not a traceback) otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,9 +97,9 @@ def parse_args(argv=None):
     p.add_argument("--student", default=None, help="default: resnet20 on CPU, resnet18 on CUDA")
     p.add_argument("--teacher", type=_csv, default=None,
                    help="one or more teachers, each timed on its own (default: resnet56 on CPU, wrn-34-10,resnet18 on CUDA)")
-    p.add_argument("--n-per-class", type=int, default=None,
+    p.add_argument("--n-per-class", type=_at_least(1), default=None,
                    help="class-balanced training subset per class (default: 100 on CPU, all on CUDA; --quick: 52 / 200)")
-    p.add_argument("--batch-size", type=int, default=128, help="default: %(default)s (official)")
+    p.add_argument("--batch-size", type=_at_least(1), default=128, help="default: %(default)s (official)")
     p.add_argument("--amp", type=_csv, default=None,
                    help="fairard amp modes to time, among auto, bf16, off (default: auto,off on CPU, where off shows "
                         "what the structure alone buys; auto on CUDA)")
@@ -96,11 +109,11 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense bf16 peak in TFLOP/s for the fraction-of-peak column (default: 989 for "
                         "an H100 or H200, none otherwise)")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=_at_least(1), default=None,
                    help="timed epochs per implementation, median (default: 3; 1 for a full CUDA epoch)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=_at_least(0), default=None,
                    help="baseline DataLoader workers (default: min(4, CPU cores))")
-    p.add_argument("--baseline-warmup", type=int, default=2, help="discarded baseline batches (default %(default)s)")
+    p.add_argument("--baseline-warmup", type=_at_least(0), default=2, help="discarded baseline batches (default %(default)s)")
     p.add_argument("--no-baseline", action="store_true", help="time fairard only")
     p.add_argument("--data-root", default=None, help="default: $FAIRARD_DATA")
     p.add_argument("--quick", action="store_true", help="a small subset: a few minutes on a 2-core CPU")

@@ -54,3 +54,14 @@ def test_study_throughput_benchmark_runs(synthetic_root, capsys):
     assert [r["concurrency"] for r in rows] == [1, 2] and all(r["run_epochs_per_hour"] > 0 for r in rows)
     assert rows[0]["speedup"] == 1.0
     assert "runs at once" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option, value", [("--n-per-class", "0"), ("--batch-size", "-1"), ("--repeats", "x"),
+                                           ("--workers", "-2")])
+def test_throughput_benchmark_refuses_a_bad_count_with_a_usage_error(option, value, capsys):
+    import train_throughput
+
+    with pytest.raises(SystemExit) as stop:
+        train_throughput.parse_args([option, value, "--device", "cpu"])
+    assert stop.value.code == 2
+    assert f"argument {option}: expected an integer" in capsys.readouterr().err
