@@ -458,3 +458,21 @@ def test_recorded_run_replays_and_gap_on_real_checkpoints(synthetic_root, tmp_pa
     x, y = runs.test_images("cifar10", 2)
     assert kdiga.input_gradient_gap(student, teacher, x, y)["l2"] > 0
     assert kdiga.input_gradient_gap(teacher, teacher, x, y)["l2"] == 0
+
+
+def test_state_difference_tells_a_batchnorm_only_change_from_a_weight_change():
+    import copy
+
+    off = _net(0).train()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    off(x)
+    on = copy.deepcopy(off)
+    with torch.no_grad():
+        on(x + 1)                                                  # an unused train-mode forward: BN statistics only
+    d = ablations.state_difference(off, on)
+    assert d["max_weight_diff"] == 0.0 and d["bn_forwards"] == (1, 2)
+    assert d["running_mean_rel"] > 0.05 and d["running_var_rel"] >= 0.0
+    assert ablations.state_difference(off, copy.deepcopy(off))["running_mean_rel"] == 0.0
+    with torch.no_grad():
+        on[0].weight[0, 0, 0, 0] += 0.25
+    assert ablations.state_difference(off, on)["max_weight_diff"] == pytest.approx(0.25)

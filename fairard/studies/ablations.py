@@ -13,7 +13,7 @@ from ..methods import METHODS, parse_method_name
 from ..checks import check_betas, check_clamp, check_flag, check_subset
 from ..profiles import OFFICIAL_CLAMP, Checked, Profile, check_fair_method, notebook_setup
 from ..executors import compute
-from ..runs import Run, run_history, student_config
+from ..runs import Run, load_student, run_history, student_config
 from ..tables import caption, headline_attack, label_key, markdown_table, mean_std, metric, summarize_runs
 from ..train import lr_at
 from . import arm_runs, labelled_results
@@ -295,6 +295,40 @@ def quirk_table(study: dict, attack: str | None = None) -> str:
         method = first.get("run_method") or first.get("config", {}).get("method", "?")
         lines.append(f"| {q} ({method}) | {off} → {on} | {what} | {' | '.join(deltas)} | "
                      f"{','.join(map(str, seeds))} |")
+    return "\n".join(lines)
+
+
+def state_difference(off, on) -> dict:
+    """What separates two trained models of one architecture: the largest absolute difference of any
+    trainable parameter, the largest relative difference (‖Δ‖ / ‖off‖, over BatchNorm layers) of the
+    running means and variances, and each model's count of train-mode BatchNorm forwards."""
+    params = dict(on.named_parameters())
+    weight = max(((p - params[n]).abs().max().item() for n, p in off.named_parameters()), default=0.0)
+    bn = [(m, dict(on.named_modules())[n]) for n, m in off.named_modules()
+          if getattr(m, "running_mean", None) is not None]
+
+    def relative(stat):
+        return max(((getattr(b, stat) - getattr(a, stat)).norm() / getattr(a, stat).norm()).item() for a, b in bn)
+
+    return {"max_weight_diff": weight, "running_mean_rel": relative("running_mean") if bn else 0.0,
+            "running_var_rel": relative("running_var") if bn else 0.0,
+            "bn_forwards": (int(bn[0][0].num_batches_tracked), int(bn[0][1].num_batches_tracked)) if bn else None}
+
+
+def quirk_state_table(study: dict) -> str:
+    """Per quirk and seed, how the trained students differ (``state_difference`` of off vs on): a quirk
+    that moves only BatchNorm's running statistics leaves every trainable weight bit-identical."""
+    head = ["quirk", "seed", "max |Δ| trainable weight", "max rel. Δ BN running mean", "max rel. Δ BN running var",
+            "train-mode BN forwards off → on"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for q, (off, on, _) in QUIRK_EFFECTS.items():
+        runs = {s: {r["seed"]: r for r in study["results"] if r["ablation"] == f"quirk {q}" and r["setting"] == s}
+                for s in (off, on)}
+        for seed in sorted(set(runs[off]) & set(runs[on])):
+            d = state_difference(load_student(runs[off][seed]), load_student(runs[on][seed]))
+            forwards = "{} → {}".format(*d["bn_forwards"]) if d["bn_forwards"] else "–"
+            lines.append(f"| {q} | {seed} | {d['max_weight_diff']:.3g} | {d['running_mean_rel']:.2%} | "
+                         f"{d['running_var_rel']:.2%} | {forwards} |")
     return "\n".join(lines)
 
 
