@@ -256,6 +256,8 @@ def test_validate_raises_student_epochs_and_exposes_values():
     assert kdiga.validate("smoke").gamma_sweep == list(kdiga.GAMMA_SWEEP)        # the sweep runs by default
     assert kdiga.validate("smoke", gamma_sweep=[]).gamma_sweep == []
     assert kdiga.validate("smoke", gamma_sweep=None).gamma_sweep == []
+    assert kdiga.validate("smoke", gamma_sweep="[]").gamma_sweep == []                # papermill's -p gamma_sweep '[]'
+    assert kdiga.validate("smoke", gamma_sweep="0.001,0.5").gamma_sweep == [0.001, 0.5]  # the CLI's form
     assert kdiga.validate("smoke", methods=["kd"]).setup.methods == ("kdiga",)   # the sweep needs KDIGA's teacher
     for bad in (-0.5, "[0.05, -1]", "x"):
         with pytest.raises(ValueError, match="gamma_sweep"):

@@ -30,12 +30,12 @@ KDIGA_FAMILY = {
 GAMMA_SWEEP = (0.00035, 0.005, 0.05, 0.5)
 
 
-def _gammas(value, name: str, none_means: str) -> list[float] | None:
-    """None, a number >= 0, or a list of them, as a list (None stays None)."""
+def _gammas(value, name: str, none_means: str, allow_empty: bool = False) -> list[float] | None:
+    """None, a number >= 0, or a list of them, as a list (None stays None; ``allow_empty``: [] passes)."""
     if value is None:
         return None
     gammas = as_list(value, name, float) if not isinstance(value, bool) else [value]
-    if isinstance(value, (list, tuple)) and not value and name == "gamma_sweep":
+    if not gammas and allow_empty:
         return []
     if not gammas or any(isinstance(g, bool) or g < 0 for g in gammas):
         raise ValueError(f"{name} must be None ({none_means}), a number >= 0 or a list of them, got {value!r}")
@@ -53,7 +53,7 @@ def validate(profile: str = "quick", methods=("kd", "kdiga", "kdiga_ard", "fair-
     (None or []: no sweep); an arm equal to a main arm shares its run."""
     methods = check_subset("methods", methods, list(KDIGA_FAMILY))
     values = dict(methods=methods, attack=attack, gamma=_gammas(gamma, "gamma", "the KDIGA default 0.5"),
-                  gamma_sweep=_gammas(gamma_sweep, "gamma_sweep", "no sweep") or [],
+                  gamma_sweep=_gammas(gamma_sweep, "gamma_sweep", "no sweep", allow_empty=True) or [],
                   grad_per_class=check_int(grad_per_class, "grad_per_class", 1, allow_none=True))
     registered = list(dict.fromkeys([KDIGA_FAMILY[m][1] for m in methods] + ["kdiga"] * bool(values["gamma_sweep"])))
     setup = notebook_setup(profile, registered, attacks, seeds=seeds, students=students, device=device, focus=attack,
